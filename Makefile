@@ -1,0 +1,41 @@
+# nonstop: `make run` starts the server on the embedded default config; `make test` runs the whole suite.
+# Both install what they need first, on a fresh Debian machine with Python 3.11 and root.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends
+PYTEST_ARGS ?=
+
+.PHONY: install run test test-long test-deps clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || { apt-get update -q && $(APT_INSTALL) python3-venv; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e .
+	@touch $@
+
+run: install
+	$(VENV)/bin/nonstop
+
+$(TEST_STAMP): $(STAMP) pyproject.toml
+	$(PIP) install -q -e '.[test]'
+	@touch $@
+
+test-deps: $(TEST_STAMP)
+	@command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || { apt-get update -q && $(APT_INSTALL) ffmpeg; }
+
+test: test-deps
+	$(PY) -m pytest -q -m 'not long' $(PYTEST_ARGS) tests
+
+test-long: test-deps
+	$(PY) -m pytest -q -m long $(PYTEST_ARGS) tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

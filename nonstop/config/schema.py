@@ -1,0 +1,241 @@
+"""What a nonstop config holds: the typed Config, with every default, and the table of directives that
+fills it. The table is the single source of truth: the builder reads files with it, and the environment
+override names (NONSTOP_HTTP_API_LISTEN, ...) are derived from its paths, so they cannot drift apart.
+
+Defaults follow SRS 7 (docs/srs-reference.md §2) except where the comment says why not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Union
+
+from nonstop.config.values import (
+    Endpoint, Parser, endpoint, host_optional_port, host_port, integer, on_off, one_of, path_value,
+    positive_seconds, text_value,
+)
+
+DEFAULT_VHOST = "__defaultVhost__"     # SRS's name for the vhost that serves any host
+DEFAULT_RTMP_PORT = 1935
+CHUNK_SIZE_MIN, CHUNK_SIZE_MAX = 128, 65536     # RTMP spec minimum; SRS's maximum
+MW_MSGS_MAX = 128                               # SRS_PERF_MW_MSGS: messages per merged write
+
+
+@dataclass
+class ApiAuth:
+    enabled: bool = False
+    username: str = ""
+    password: str = ""
+
+
+@dataclass
+class HttpApi:
+    enabled: bool = False
+    listen: Endpoint = Endpoint("0.0.0.0", 1985)
+    crossdomain: bool = True
+    auth: ApiAuth = field(default_factory=ApiAuth)
+
+
+@dataclass
+class HttpServer:
+    enabled: bool = False
+    listen: Endpoint = Endpoint("0.0.0.0", 8080)
+    dir: str = "./objs/nginx/html"
+    crossdomain: bool = True
+
+
+@dataclass
+class HttpRemux:
+    enabled: bool = False
+    mount: str = "[vhost]/[app]/[stream].flv"
+
+
+@dataclass
+class Play:
+    gop_cache: bool = True
+    gop_cache_max_frames: int = 2500
+    queue_length: float = 30.0          # seconds
+    time_jitter: str = "full"           # full | zero | off
+    mw_latency: int = 350               # ms
+    mw_msgs: int = 8
+
+
+@dataclass
+class Publish:
+    firstpkt_timeout: int = 20000       # ms
+    normal_timeout: int = 5000          # ms
+
+
+@dataclass
+class Cluster:
+    mode: str = "local"                 # local (origin) | remote (edge)
+    origin: list[str] = field(default_factory=list)        # "host[:port]"
+    origin_cluster: bool = False
+    coworkers: list[str] = field(default_factory=list)     # "host:port" of the other origins' HTTP API
+    protocol: str = "rtmp"
+    # New in nonstop; SRS hard-codes the edge's timings (srs-reference §4: 3 s retry, 5 s receive).
+    connect_timeout: int = 3000         # ms
+    recv_timeout: int = 5000            # ms, SRS's pull receive timeout
+    retry_min: int = 1000               # ms, first retry delay; doubles up to retry_max
+    retry_max: int = 10000              # ms
+    linger: int = 3000                  # ms an edge keeps pulling after its last player left
+    coworker_timeout: int = 1000        # ms per coworker query; SRS waits 30 s, users report slow starts
+    advertise: str = ""                 # the host other nodes should use to reach this one ("" = guess)
+
+
+@dataclass
+class Vhost:
+    name: str
+    enabled: bool = True
+    min_latency: bool = False
+    tcp_nodelay: bool = False
+    chunk_size: int | None = None       # None: the global chunk_size
+    http_remux: HttpRemux = field(default_factory=HttpRemux)
+    play: Play = field(default_factory=Play)
+    publish: Publish = field(default_factory=Publish)
+    cluster: Cluster = field(default_factory=Cluster)
+
+
+@dataclass
+class Config:
+    path: str                           # the file given, or "<embedded>"
+    listen: list[Endpoint]
+    max_connections: int = 1000
+    daemon: bool = False                # SRS: on. Ours is off: containers and systemd Type=notify want it
+    pid: str = "./objs/nonstop.pid"
+    chunk_size: int = 60000
+    log_tank: str = "console"           # SRS: file. Console suits containers and journald
+    log_file: str = "./objs/nonstop.log"
+    log_level: str = "trace"
+    grace_start_wait: int = 2300        # ms
+    grace_final_wait: int = 3200        # ms
+    grace_max_wait: int = 0             # ms, new: bounds the drain; 0 = no bound, as in SRS
+    force_grace_quit: bool = False
+    handshake_timeout: int = 10000      # ms, new: handshake + connect must finish within it
+    master_process: bool = True         # new, nginx's name: off runs one process, without upgrades
+    reuse_port: bool = False            # new: SO_REUSEPORT on the listeners
+    upgrade_timeout: int = 30000        # ms, new: how long an upgrade may take before it is abandoned
+    http_api: HttpApi = field(default_factory=HttpApi)
+    http_server: HttpServer = field(default_factory=HttpServer)
+    vhosts: dict[str, Vhost] = field(default_factory=dict)     # in file order
+    warnings: list[str] = field(default_factory=list)         # "FILE:LINE: ..." strings
+
+    def vhost_for(self, host: str | None) -> Vhost | None:
+        """The vhost serving ``host``: the one of that exact name, else __defaultVhost__ if defined."""
+        if host is not None and host in self.vhosts:
+            return self.vhosts[host]
+        return self.vhosts.get(DEFAULT_VHOST)
+
+
+# ---- the directive table ----
+
+@dataclass(frozen=True)
+class Leaf:
+    """A directive with values: ``name value;`` (or several values when ``multi``)."""
+    attr: str                       # the dataclass field it sets
+    parse: Parser
+    multi: bool = False             # takes one or more values, stored as a list
+    optional: bool = False          # the field is ``X | None``: only set when given
+
+
+@dataclass(frozen=True)
+class Block:
+    """A directive with a block: ``name { ... }``, filling a nested dataclass."""
+    attr: str
+    factory: Callable[[], object]
+    children: dict[str, Union[Leaf, "Block"]]
+
+
+_ms = integer(0)            # a duration in ms where 0 means "none" or "at once"
+_ms_positive = integer(1)   # a timeout, where 0 would mean every connection fails
+_chunk = integer(CHUNK_SIZE_MIN, CHUNK_SIZE_MAX)
+
+HTTP_API = Block("http_api", HttpApi, {
+    "enabled": Leaf("enabled", on_off),
+    "listen": Leaf("listen", endpoint),
+    "crossdomain": Leaf("crossdomain", on_off),
+    "auth": Block("auth", ApiAuth, {
+        "enabled": Leaf("enabled", on_off),
+        "username": Leaf("username", text_value),
+        "password": Leaf("password", text_value),
+    }),
+})
+
+HTTP_SERVER = Block("http_server", HttpServer, {
+    "enabled": Leaf("enabled", on_off),
+    "listen": Leaf("listen", endpoint),
+    "dir": Leaf("dir", path_value),
+    "crossdomain": Leaf("crossdomain", on_off),
+})
+
+VHOST = Block("vhost", Vhost, {
+    "enabled": Leaf("enabled", on_off),
+    "min_latency": Leaf("min_latency", on_off),
+    "tcp_nodelay": Leaf("tcp_nodelay", on_off),
+    "chunk_size": Leaf("chunk_size", _chunk, optional=True),
+    "http_remux": Block("http_remux", HttpRemux, {
+        "enabled": Leaf("enabled", on_off),
+        "mount": Leaf("mount", path_value),
+    }),
+    "play": Block("play", Play, {
+        "gop_cache": Leaf("gop_cache", on_off),
+        # SRS takes 0 as "no cap"; nonstop keeps every cache bounded, so the cap must be real.
+        "gop_cache_max_frames": Leaf("gop_cache_max_frames", integer(1)),
+        "queue_length": Leaf("queue_length", positive_seconds),
+        "time_jitter": Leaf("time_jitter", one_of("full", "zero", "off")),
+        "mw_latency": Leaf("mw_latency", _ms),
+        "mw_msgs": Leaf("mw_msgs", integer(0, MW_MSGS_MAX)),
+    }),
+    "publish": Block("publish", Publish, {
+        "firstpkt_timeout": Leaf("firstpkt_timeout", _ms_positive),
+        "normal_timeout": Leaf("normal_timeout", _ms_positive),
+    }),
+    "cluster": Block("cluster", Cluster, {
+        "mode": Leaf("mode", one_of("local", "remote")),
+        "origin": Leaf("origin", host_optional_port, multi=True),
+        "origin_cluster": Leaf("origin_cluster", on_off),
+        "coworkers": Leaf("coworkers", host_port, multi=True),
+        # SRS also pulls over flv/flvs; nonstop's edge speaks RTMP only, so anything else is refused.
+        "protocol": Leaf("protocol", one_of("rtmp")),
+        "connect_timeout": Leaf("connect_timeout", _ms_positive),
+        "recv_timeout": Leaf("recv_timeout", _ms_positive),
+        "retry_min": Leaf("retry_min", _ms_positive),
+        "retry_max": Leaf("retry_max", _ms_positive),
+        "linger": Leaf("linger", _ms),
+        "coworker_timeout": Leaf("coworker_timeout", _ms_positive),
+        "advertise": Leaf("advertise", text_value),
+    }),
+})
+
+ROOT = Block("", lambda: Config(path="", listen=[]), {
+    "listen": Leaf("listen", endpoint, multi=True),
+    "max_connections": Leaf("max_connections", integer(1)),
+    "daemon": Leaf("daemon", on_off),
+    "pid": Leaf("pid", path_value),
+    "chunk_size": Leaf("chunk_size", _chunk),
+    "srs_log_tank": Leaf("log_tank", one_of("console", "file")),
+    "srs_log_file": Leaf("log_file", path_value),
+    "srs_log_level": Leaf("log_level", one_of("verbose", "info", "trace", "warn", "error")),
+    "grace_start_wait": Leaf("grace_start_wait", _ms),
+    "grace_final_wait": Leaf("grace_final_wait", _ms),
+    "grace_max_wait": Leaf("grace_max_wait", _ms),
+    "force_grace_quit": Leaf("force_grace_quit", on_off),
+    "handshake_timeout": Leaf("handshake_timeout", _ms_positive),
+    "master_process": Leaf("master_process", on_off),
+    "reuse_port": Leaf("reuse_port", on_off),
+    "upgrade_timeout": Leaf("upgrade_timeout", _ms_positive),
+    "http_api": HTTP_API,
+    "http_server": HTTP_SERVER,
+    "vhost": VHOST,         # named and repeatable: the builder handles it apart
+})
+
+
+def leaf_paths(block: Block = ROOT, prefix: str = "") -> list[tuple[str, Leaf]]:
+    """Every leaf directive's dotted path ("http_api.auth.enabled", "vhost.play.gop_cache"), in table order."""
+    paths: list[tuple[str, Leaf]] = []
+    for name, spec in block.children.items():
+        if isinstance(spec, Leaf):
+            paths.append((prefix + name, spec))
+        else:
+            paths.extend(leaf_paths(spec, f"{prefix}{name}."))
+    return paths

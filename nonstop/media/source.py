@@ -1,0 +1,340 @@
+"""Source: one live stream (`vhost/app/stream`), its metadata, sequence headers, GOP cache and shared log.
+
+The source keeps one *shared log*: the recent packets in order, each with a sequence number, and for every
+output format in use a parallel list of the encoded bytes. A player (Consumer) is only a position in that log,
+so a new message costs one encoding per format, not one per player; a flush hands a slice of the shared list to
+`transport.writelines`. The GOP cache is the part of the log from the latest keyframe on.
+
+The log is trimmed at each keyframe to what someone still needs: the GOP, and the oldest position a player has
+not received yet, but never more than `queue_length` seconds behind the newest message.
+"""
+
+from __future__ import annotations
+
+from nonstop import SERVER_NAME, __version__
+from nonstop.media.jitter import Jitter
+from nonstop.media.packet import Packet, encode_packet
+from nonstop.protocol import amf0, flv
+from nonstop.protocol.rtmp import MSG_AUDIO, MSG_DATA_AMF0, MSG_VIDEO
+
+# Trim the log at least this often when no keyframe comes (audio-only streams).
+TRIM_EVERY_PACKETS = 512
+# Even with no keyframe and no player, never keep more than this many packets (audio-only at 50 msg/s: 80 s).
+MAX_LOG_PACKETS = 4096
+SNAPSHOT_VERSION = 1
+
+
+class StreamInfo:
+    """What the API shows about the codecs, read from the sequence headers and metadata."""
+
+    __slots__ = ("video_codec", "audio_codec", "video", "audio", "metadata")
+
+    def __init__(self):
+        self.video_codec: str | None = None
+        self.audio_codec: str | None = None
+        self.video: dict | None = None
+        self.audio: dict | None = None
+        self.metadata: dict = {}
+
+
+class Source:
+    """One live stream. The publisher feeds it with `on_media`; consumers read its shared log."""
+
+    def __init__(self, key: str, vhost: str, app: str, stream: str, *, gop_cache: bool = True,
+                 gop_cache_max_frames: int = 2500, queue_length_ms: int = 30000, time_jitter: str = "full",
+                 mw_latency_ms: int = 350, mw_msgs: int = 8, min_latency: bool = False, source_id: str = ""):
+        self.key = key
+        self.vhost = vhost
+        self.app = app
+        self.stream = stream
+        self.id = source_id
+        self.gop_cache = gop_cache
+        self.gop_cache_max_frames = gop_cache_max_frames
+        self.queue_length_ms = queue_length_ms
+        self.mw_latency_ms = mw_latency_ms
+        self.mw_msgs = mw_msgs
+        self.min_latency = min_latency
+        self.jitter = Jitter(time_jitter)
+        # The shared log.
+        self.packets: list[Packet] = []
+        self.base_seq = 1            # seq of packets[0]
+        self.next_seq = 1            # seq the next packet will get
+        self.encodings: dict[str, list[bytes]] = {}
+        self.sizes: dict[str, list[int]] = {}    # running byte totals, parallel to encodings
+        self.gop_start_seq = 0       # seq of the latest keyframe in the log, 0 when there is no GOP cache
+        self.gop_frames = 0
+        self.since_trim = 0
+        # The stream's header state, sent to each new player before the GOP.
+        self.metadata: Packet | None = None
+        self.video_sh: Packet | None = None
+        self.audio_sh: Packet | None = None
+        self.info = StreamInfo()
+        # Who is here.
+        self.publisher = None        # the publishing connection, or None
+        self.consumers: set = set()
+        self.idle_since: float | None = None
+        # Flush bookkeeping: where the last flush of this source ended.
+        self.flushed_seq = 0
+        self.flushed_ts = 0
+        self.flushed_at = 0.0
+        # Counters, read by the API and metrics (one owner).
+        self.frames = 0
+        self.recv_bytes = 0
+        self.created_at = 0.0
+        self.last_packet_at = 0.0
+
+    # ----- publishing --------------------------------------------------------------------------------------
+
+    def can_publish(self) -> bool:
+        return self.publisher is None
+
+    def on_publish(self, publisher, now: float) -> None:
+        self.publisher = publisher
+        self.idle_since = None
+        self.jitter.on_new_publisher()
+        self.last_packet_at = now
+        for consumer in list(self.consumers):
+            consumer.on_source_publish()
+
+    def on_unpublish(self, now: float) -> None:
+        """The publisher left: drop the stream's header state (a new publisher brings its own)."""
+        self.publisher = None
+        self.metadata = self.video_sh = self.audio_sh = None
+        self.gop_start_seq = 0
+        self.gop_frames = 0
+        self.flush(now)
+        for consumer in list(self.consumers):
+            consumer.on_source_unpublish()
+        if not self.consumers:
+            self.idle_since = now
+
+    def on_media(self, type_id: int, timestamp: int, payload: bytes, now: float) -> None:
+        """One message from the publisher: correct its time, number it, encode it once per format, flush."""
+        self.recv_bytes += len(payload)
+        self.last_packet_at = now
+        if type_id == MSG_DATA_AMF0:
+            payload = self._on_data(payload)
+            if payload is None:
+                return
+        keyframe = header = False
+        if type_id == MSG_VIDEO:
+            if flv.is_video_sequence_header(payload):
+                header = True
+                self._on_video_header(payload)
+            else:
+                self.frames += 1
+                keyframe = flv.is_video_keyframe(payload)
+        elif type_id == MSG_AUDIO and flv.is_audio_sequence_header(payload):
+            self._on_audio_header(payload)
+        timestamp = self.jitter.correct(timestamp)
+        packet = Packet(self.next_seq, type_id, timestamp, payload, keyframe)
+        self.next_seq += 1
+        self._append(packet)
+        if type_id == MSG_VIDEO and not header:
+            if keyframe:
+                self._on_keyframe(packet)
+            elif self.gop_start_seq:
+                self.gop_frames += 1
+                if self.gop_frames > self.gop_cache_max_frames:
+                    # SRS clears the GOP cache when it grows past the cap; new players wait for a keyframe.
+                    self.gop_start_seq = 0
+        self.since_trim += 1
+        if self.since_trim >= TRIM_EVERY_PACKETS:
+            self.trim()
+        if self.min_latency or (packet.seq - self.flushed_seq >= self.mw_msgs
+                                and timestamp - self.flushed_ts >= self.mw_latency_ms):
+            self.flush(now)
+
+    def _on_data(self, payload: bytes) -> bytes | None:
+        """`@setDataFrame`/`onMetaData`: keep the metadata, signed with our name (srs-reference.md §3)."""
+        try:
+            values = amf0.decode_all(payload)
+        except amf0.DecodeError:
+            return payload
+        if values and values[0] == "@setDataFrame":
+            values = values[1:]
+        if not values or values[0] != "onMetaData":
+            return amf0.encode(*values) if values else None
+        meta = next((v for v in values[1:] if isinstance(v, dict)), {})
+        meta = amf0.EcmaArray((k, v) for k, v in meta.items() if k != "duration")
+        meta["server"] = SERVER_NAME
+        meta["server_version"] = __version__
+        self.info.metadata = dict(meta)
+        payload = amf0.encode("onMetaData", meta)
+        self.metadata = Packet(0, MSG_DATA_AMF0, 0, payload)
+        return payload
+
+    def _on_video_header(self, payload: bytes) -> None:
+        self.video_sh = Packet(0, MSG_VIDEO, 0, payload)
+        self.info.video_codec = flv.video_codec(payload)
+        if self.info.video_codec == "H264":
+            self.info.video = flv.parse_avc_sequence_header(payload)
+
+    def _on_audio_header(self, payload: bytes) -> None:
+        self.audio_sh = Packet(0, MSG_AUDIO, 0, payload)
+        self.info.audio_codec = flv.audio_codec(payload)
+        self.info.audio = flv.parse_aac_sequence_header(payload)
+
+    def _on_keyframe(self, packet: Packet) -> None:
+        if self.gop_cache:
+            self.gop_start_seq = packet.seq
+            self.gop_frames = 1
+        self.trim()
+
+    def _append(self, packet: Packet) -> None:
+        self.packets.append(packet)
+        for fmt, encoded in self.encodings.items():
+            data = encode_packet(fmt, packet.type_id, packet.timestamp, packet.payload)
+            encoded.append(data)
+            sizes = self.sizes[fmt]
+            sizes.append(sizes[-1] + len(data))
+
+    # ----- the shared log ----------------------------------------------------------------------------------
+
+    def ensure_format(self, fmt: str) -> None:
+        """Start keeping encodings for one more output format (the first player of that format)."""
+        if fmt in self.encodings:
+            return
+        encoded = [p.encode(fmt) for p in self.packets]
+        sizes = [0]
+        total = 0
+        for data in encoded:
+            total += len(data)
+            sizes.append(total)
+        # sizes[i] is the byte total of encodings[0:i]; it has one more entry than the log.
+        self.encodings[fmt] = encoded
+        self.sizes[fmt] = sizes
+
+    def header_bytes(self, fmt: str, position: int) -> list[bytes]:
+        """What a new player gets before the GOP: metadata and sequence headers, stamped with the time of
+        the first message it will get after them, so its timeline never runs backwards."""
+        now_ts = self.timestamp_at(position + 1)
+        if now_ts is None:
+            now_ts = self.jitter.last_out
+        out = []
+        for packet in (self.metadata, self.video_sh, self.audio_sh):
+            if packet is not None:
+                out.append(encode_packet(fmt, packet.type_id, now_ts, packet.payload))
+        return out
+
+    def start_position(self) -> int:
+        """Where a new player starts: just before the latest keyframe, else at the newest message."""
+        if self.gop_start_seq and self.gop_start_seq >= self.base_seq:
+            return self.gop_start_seq - 1
+        return self.next_seq - 1
+
+    def timestamp_at(self, seq: int) -> int | None:
+        index = seq - self.base_seq
+        if 0 <= index < len(self.packets):
+            return self.packets[index].timestamp
+        return None
+
+    def trim(self) -> None:
+        """Drop packets nobody needs: older than the GOP and every player's position, or too old anyway."""
+        self.since_trim = 0
+        if not self.packets:
+            return
+        keep_from = self.next_seq
+        if self.gop_start_seq:
+            keep_from = self.gop_start_seq
+        for consumer in self.consumers:
+            if consumer.position + 1 < keep_from:
+                keep_from = consumer.position + 1
+        newest_ts = self.packets[-1].timestamp
+        cutoff_ts = newest_ts - self.queue_length_ms
+        first = max(keep_from - self.base_seq, 0)
+        # Nothing older than queue_length (players that far behind are cut back to the GOP at their next flush).
+        while first < len(self.packets) and self.packets[first].timestamp < cutoff_ts \
+                and self.packets[first].seq < (self.gop_start_seq or self.next_seq):
+            first += 1
+        first = max(first, len(self.packets) - MAX_LOG_PACKETS)
+        if first <= 0:
+            return
+        del self.packets[:first]
+        for fmt in self.encodings:
+            del self.encodings[fmt][:first]
+            del self.sizes[fmt][:first]
+        self.base_seq += first
+
+    def flush(self, now: float) -> None:
+        """Hand each player what it has not received yet (one writelines per player)."""
+        self.flushed_seq = self.next_seq - 1
+        self.flushed_ts = self.jitter.last_out
+        self.flushed_at = now
+        for consumer in list(self.consumers):
+            consumer.flush(now)
+
+    def has_unflushed(self) -> bool:
+        return self.flushed_seq < self.next_seq - 1
+
+    # ----- players -----------------------------------------------------------------------------------------
+
+    def add_consumer(self, consumer) -> None:
+        self.ensure_format(consumer.fmt)
+        self.consumers.add(consumer)
+        self.idle_since = None
+
+    def remove_consumer(self, consumer, now: float) -> None:
+        self.consumers.discard(consumer)
+        if not self.consumers:
+            # With no player left, only the GOP cache needs to stay; formats can be rebuilt on demand.
+            for fmt in list(self.encodings):
+                del self.encodings[fmt]
+                del self.sizes[fmt]
+            if self.publisher is None:
+                self.idle_since = now
+
+    def is_idle(self) -> bool:
+        return self.publisher is None and not self.consumers
+
+    # ----- handover ----------------------------------------------------------------------------------------
+
+    def snapshot(self) -> dict:
+        """Plain data: metadata, sequence headers and the log with its sequence numbers."""
+        return {
+            "version": SNAPSHOT_VERSION,
+            "key": self.key, "vhost": self.vhost, "app": self.app, "stream": self.stream, "id": self.id,
+            "config": {"gop_cache": self.gop_cache, "gop_cache_max_frames": self.gop_cache_max_frames,
+                       "queue_length_ms": self.queue_length_ms, "mw_latency_ms": self.mw_latency_ms,
+                       "mw_msgs": self.mw_msgs, "min_latency": self.min_latency},
+            "jitter": self.jitter.snapshot(),
+            "packets": [p.snapshot() for p in self.packets],
+            "base_seq": self.base_seq, "next_seq": self.next_seq,
+            "gop_start_seq": self.gop_start_seq, "gop_frames": self.gop_frames,
+            "metadata": None if self.metadata is None else self.metadata.snapshot(),
+            "video_sh": None if self.video_sh is None else self.video_sh.snapshot(),
+            "audio_sh": None if self.audio_sh is None else self.audio_sh.snapshot(),
+            "info": {"video_codec": self.info.video_codec, "audio_codec": self.info.audio_codec,
+                     "video": self.info.video, "audio": self.info.audio},
+            "frames": self.frames, "recv_bytes": self.recv_bytes,
+            "flushed_seq": self.flushed_seq, "flushed_ts": self.flushed_ts,
+        }
+
+    @classmethod
+    def restore(cls, snap: dict, now: float) -> "Source":
+        if snap.get("version") != SNAPSHOT_VERSION:
+            raise ValueError(f"unknown Source snapshot version {snap.get('version')!r}")
+        cfg = snap["config"]
+        self = cls(snap["key"], snap["vhost"], snap["app"], snap["stream"], source_id=snap["id"],
+                   time_jitter=snap["jitter"]["mode"], **cfg)
+        self.jitter = Jitter.restore(snap["jitter"])
+        self.packets = [Packet.restore(p) for p in snap["packets"]]
+        self.base_seq, self.next_seq = snap["base_seq"], snap["next_seq"]
+        self.gop_start_seq, self.gop_frames = snap["gop_start_seq"], snap["gop_frames"]
+        for name in ("metadata", "video_sh", "audio_sh"):
+            value = snap[name]
+            setattr(self, name, None if value is None else Packet.restore(value))
+        info = snap["info"]
+        self.info.video_codec, self.info.audio_codec = info["video_codec"], info["audio_codec"]
+        self.info.video, self.info.audio = info["video"], info["audio"]
+        if self.metadata is not None:
+            try:
+                values = amf0.decode_all(self.metadata.payload)
+                self.info.metadata = dict(values[1]) if len(values) > 1 and isinstance(values[1], dict) else {}
+            except amf0.DecodeError:
+                pass
+        self.frames, self.recv_bytes = snap["frames"], snap["recv_bytes"]
+        self.flushed_seq, self.flushed_ts = snap["flushed_seq"], snap["flushed_ts"]
+        self.created_at = self.last_packet_at = self.flushed_at = now
+        self.idle_since = now
+        return self

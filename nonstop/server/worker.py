@@ -1,0 +1,196 @@
+"""Worker: serves every connection of one nonstop process generation.
+
+It owns the connections, the SourceRegistry and one periodic tick (not a task per connection): every
+FLUSH_TICK_S it flushes sources whose players wait for data (a publisher that paused), and every second it
+checks connection deadlines and frees idle sources. Listening sockets come from outside (the master, or the
+single-process runner) and are only wrapped here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+
+from nonstop import SERVER_NAME
+from nonstop.log import log
+from nonstop.media.registry import SourceRegistry, new_id
+from nonstop.server.http_conn import HttpConnection, mount_pattern
+from nonstop.server.rtmp_conn import RtmpConnection
+
+# The stale-flush tick: players of a source whose publisher paused still get what is pending within this.
+FLUSH_TICK_S = 0.05
+# Deadlines (handshake, publisher timeouts) and idle sources are checked once a second.
+SWEEP_EVERY_S = 1.0
+
+LISTENER_RTMP = "rtmp"
+LISTENER_HTTP = "http"
+LISTENER_API = "api"
+
+
+class Worker:
+    def __init__(self, config, *, server_id: str | None = None, service_id: str | None = None):
+        self.config = config
+        self.registry = SourceRegistry()
+        self.conns: dict[str, object] = {}
+        self.servers: list[asyncio.AbstractServer] = []
+        self.server_id = server_id or new_id("vid-")
+        self.service_id = service_id or new_id()
+        self.started_at = time.time()
+        self._flv_routes: list = []
+        self._api_apps: dict[str, object] = {}
+        self._tick_task: asyncio.Task | None = None
+        self.draining = False
+        # Totals that outlive connections (one owner: the worker).
+        self.accepted_total = 0
+        self.rejected_total = 0
+        self.closed_send_bytes = 0
+        self.closed_recv_bytes = 0
+        self.apply_config(config)
+
+    # ----- configuration ---------------------------------------------------------------------------------
+
+    def apply_config(self, config) -> None:
+        self.config = config
+        self._flv_routes = [(mount_pattern(v.http_remux.mount, v.name), v)
+                            for v in config.vhosts.values() if v.enabled and v.http_remux.enabled]
+
+    def server_info(self) -> dict:
+        return {"srs_id": self.server_id, "service_id": self.service_id, "pid": float(os.getpid())}
+
+    # ----- listeners -------------------------------------------------------------------------------------
+
+    async def serve(self, sockets: dict[str, list[socket.socket]]) -> None:
+        """Start serving on already-bound listening sockets, by kind (rtmp, http, api)."""
+        loop = asyncio.get_running_loop()
+        for kind, socks in sockets.items():
+            for sock in socks:
+                factory = self._factory(kind)
+                self.servers.append(await loop.create_server(factory, sock=sock, backlog=4096))
+        if self._tick_task is None:
+            self._tick_task = loop.create_task(self._tick())
+
+    def _factory(self, kind: str):
+        if kind == LISTENER_RTMP:
+            return lambda: RtmpConnection(self, kind)
+        return lambda: HttpConnection(self, kind)
+
+    def set_api_app(self, kind: str, app) -> None:
+        """The API application that takes non-FLV requests on an HTTP listener of this kind."""
+        self._api_apps[kind] = app
+
+    def api_app_for(self, kind: str):
+        return self._api_apps.get(kind)
+
+    async def close_listeners(self) -> None:
+        for server in self.servers:
+            server.close()
+        self.servers.clear()
+
+    # ----- connections -----------------------------------------------------------------------------------
+
+    def admit(self, conn) -> bool:
+        """Enforce max_connections at accept: all TCP connections counted together, as SRS does."""
+        if len(self.conns) >= self.config.max_connections:
+            self.rejected_total += 1
+            log.warn(conn.cid, f"reject connection from {conn.ip}: max_connections {self.config.max_connections} "
+                               f"reached")
+            conn.closed = True
+            conn.transport.close()
+            return False
+        self.accepted_total += 1
+        self.conns[conn.cid] = conn
+        log.verbose(conn.cid, f"accept {conn.kind} connection from {conn.ip}")
+        return True
+
+    def forget(self, conn) -> None:
+        if self.conns.pop(conn.cid, None) is conn:
+            self.closed_send_bytes += conn.send_bytes
+            self.closed_recv_bytes += conn.recv_bytes
+
+    def fetch_source(self, vhost, app: str, stream: str, now: float):
+        play = vhost.play
+        return self.registry.fetch_or_create(
+            vhost.name, app, stream, now,
+            gop_cache=play.gop_cache, gop_cache_max_frames=play.gop_cache_max_frames,
+            queue_length_ms=int(play.queue_length * 1000), time_jitter=play.time_jitter,
+            mw_latency_ms=play.mw_latency, mw_msgs=play.mw_msgs, min_latency=vhost.min_latency)
+
+    def match_flv(self, path: str):
+        for pattern, vhost in self._flv_routes:
+            m = pattern.match(path)
+            if m:
+                return vhost, m.group("app"), m.group("stream")
+        return None
+
+    # ----- the tick ----------------------------------------------------------------------------------------
+
+    async def _tick(self) -> None:
+        next_sweep = time.monotonic() + SWEEP_EVERY_S
+        while True:
+            await asyncio.sleep(FLUSH_TICK_S)
+            now = time.monotonic()
+            try:
+                for source in list(self.registry.sources.values()):
+                    if source.consumers and source.has_unflushed() and \
+                            (now - source.flushed_at) * 1000 >= source.mw_latency_ms:
+                        source.flush(now)
+                if now >= next_sweep:
+                    next_sweep = now + SWEEP_EVERY_S
+                    self.sweep(now)
+            except Exception as e:  # the tick must never die: log it and go on
+                log.error("tick", f"tick failed: {e!r}")
+
+    def sweep(self, now: float) -> None:
+        for conn in list(self.conns.values()):
+            conn.check_deadline(now)
+        for source in self.registry.sweep(now):
+            log.trace("sweep", f"free source {source.key} (idle)")
+
+    # ----- stats ------------------------------------------------------------------------------------------
+
+    def totals(self) -> tuple[int, int]:
+        send = self.closed_send_bytes + sum(c.send_bytes for c in self.conns.values())
+        recv = self.closed_recv_bytes + sum(c.recv_bytes for c in self.conns.values())
+        return send, recv
+
+    def summary_line(self) -> str:
+        return f"{SERVER_NAME} conns={len(self.conns)} sources={len(self.registry)}"
+
+    # ----- handover ---------------------------------------------------------------------------------------
+
+    def adopt_source(self, source) -> None:
+        existing = self.registry.sources.get(source.key)
+        self.registry.adopt(source)
+        if existing is not None:
+            # Players that joined here before the handover restart on the handed-over source, at its GOP.
+            now = time.monotonic()
+            for consumer in list(existing.consumers):
+                consumer.source = source
+                consumer.start(now)
+
+    async def adopt_connection(self, snap: dict, fd: int) -> None:
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        cls = RtmpConnection if snap["kind"] == "rtmp" else HttpConnection
+        conn = cls.restore(self, snap)
+        await asyncio.get_running_loop().connect_accepted_socket(lambda: conn, sock=sock)
+
+    def register_restored(self, conn) -> None:
+        self.conns[conn.cid] = conn
+
+    # ----- quitting -----------------------------------------------------------------------------------------
+
+    def close_all(self, reason: str) -> None:
+        for conn in list(self.conns.values()):
+            conn.close(reason)
+
+    async def stop(self) -> None:
+        if self._tick_task is not None:
+            self._tick_task.cancel()
+            self._tick_task = None
+        await self.close_listeners()
+        self.close_all("server quit")
+
+

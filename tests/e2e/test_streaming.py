@@ -1,0 +1,150 @@
+"""End to end: the server as a subprocess, ffmpeg publishing, ffmpeg and ffprobe playing RTMP and HTTP-FLV."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from nonstop import __version__
+from tests.helpers import (FFPROBE, Server, assert_frames_match_timestamps, ffprobe_json, finish_player,
+                           play, publish_file, publish_live, start_player, stop_proc, wait_for)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def wait_published(server: Server, stream: str = "livestream", timeout: float = 15) -> None:
+    """The stream is live once its HTTP-FLV URL stops answering 404."""
+    def ready():
+        try:
+            with urllib.request.urlopen(server.flv_url(stream), timeout=2) as r:
+                r.read(13)
+                return r.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+    wait_for(ready, timeout, interval=0.2, what=f"stream {stream} to be published")
+
+
+def assert_clean_decode(result) -> None:
+    assert result.returncode == 0, f"player failed: {result.stderr[-2000:]}"
+    assert result.stderr.strip() == "", f"decode errors: {result.stderr[-2000:]}"
+    assert result.video and result.audio, "both video and audio must be there"
+
+
+@pytest.fixture
+def server():
+    with Server() as s:
+        yield s
+
+
+def test_live_publish_plays_over_rtmp_and_http_flv_with_server_version(server):
+    publisher = publish_live(server.rtmp_url())
+    try:
+        wait_published(server)
+        probe = ffprobe_json(server.rtmp_url())
+        kinds = sorted(s["codec_type"] for s in probe["streams"])
+        assert kinds == ["audio", "video"]
+        tags = probe["format"].get("tags", {})
+        assert tags.get("server_version") == __version__ and tags.get("server") == f"nonstop/{__version__}"
+        rtmp_result = play(server.rtmp_url(), 4)
+        assert_clean_decode(rtmp_result)
+        assert_frames_match_timestamps(rtmp_result)
+        flv_result = play(server.flv_url(), 4)
+        assert_clean_decode(flv_result)
+        assert_frames_match_timestamps(flv_result)
+        probe = ffprobe_json(server.flv_url())
+        assert probe["format"]["tags"].get("server_version") == __version__
+    finally:
+        stop_proc(publisher)
+    log = server.log()
+    for word in ("connect", "publish", "play", "unpublish", "close"):
+        assert word in log
+
+
+def test_copy_published_file_two_players_at_once(server, test_flv):
+    publisher = publish_file(server.rtmp_url("copy"), test_flv)
+    try:
+        wait_published(server, "copy")
+        first = start_player(server.rtmp_url("copy"), 4)
+        second = start_player(server.flv_url("copy"), 4)
+        for result in (finish_player(first, 30), finish_player(second, 30)):
+            assert_clean_decode(result)
+            assert_frames_match_timestamps(result)
+    finally:
+        stop_proc(publisher)
+
+
+def first_video_packet_flags(url: str) -> str:
+    out = subprocess.run([FFPROBE, "-v", "error", "-select_streams", "v", "-show_entries", "packet=flags",
+                          "-of", "csv=p=0", "-read_intervals", "%+#5", url],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()[0]
+
+
+def test_late_joiner_starts_on_a_keyframe(server, test_flv):
+    publisher = publish_file(server.rtmp_url(), test_flv)
+    try:
+        wait_published(server)
+        time.sleep(1.5)  # join mid-GOP on purpose (keyframes are 1 s apart)
+        assert first_video_packet_flags(server.rtmp_url()).startswith("K")
+        assert first_video_packet_flags(server.flv_url()).startswith("K")
+    finally:
+        stop_proc(publisher)
+
+
+def test_busy_publish_is_refused_and_the_first_publisher_goes_on(server, test_flv):
+    publisher = publish_file(server.rtmp_url(), test_flv)
+    try:
+        wait_published(server)
+        second = publish_file(server.rtmp_url(), test_flv)
+        code = second.wait(timeout=15)
+        assert code != 0, "the second publisher must be refused"
+        assert "busy" in server.log()
+        assert publisher.poll() is None
+        result = play(server.flv_url(), 2)
+        assert_clean_decode(result)
+    finally:
+        stop_proc(publisher)
+
+
+def test_unpublish_then_republish_and_the_player_resumes(server, test_flv):
+    publisher = publish_file(server.rtmp_url(), test_flv)
+    wait_published(server)
+    player = start_player(server.flv_url(), 6)
+    time.sleep(2)
+    stop_proc(publisher)
+    wait_for(lambda: "unpublish" in server.log(), 10, what="unpublish")
+    publisher = publish_file(server.rtmp_url(), test_flv)
+    try:
+        result = finish_player(player, 40)
+        assert result.returncode == 0, result.stderr
+        assert_frames_match_timestamps(result)
+        pts = result.video_pts()
+        assert pts[-1] - pts[0] > 5, "the player went on after the republish"
+    finally:
+        stop_proc(publisher)
+
+
+def test_http_flv_of_an_unpublished_stream_is_404(server):
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(server.flv_url("nobody"), timeout=5)
+    assert e.value.code == 404
+
+
+def test_max_connections_is_enforced_at_accept():
+    import socket
+    with Server(extra_global="max_connections 3;") as server:
+        held = [socket.create_connection(("127.0.0.1", server.rtmp_port)) for _ in range(3)]
+        extra = socket.create_connection(("127.0.0.1", server.rtmp_port), timeout=5)
+        extra.settimeout(5)
+        try:
+            assert extra.recv(1) == b"", "the connection over max_connections is closed at once"
+        except ConnectionResetError:
+            pass
+        wait_for(lambda: "max_connections 3" in server.log(), 5, what="the rejection log line")
+        for s in held + [extra]:
+            s.close()
