@@ -64,6 +64,7 @@ class Server:
     vhost_body: str = ""
     env: dict = field(default_factory=dict)
     args: tuple = ()
+    max_connections: int = 1000
     rtmp_port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
     api_port: int = field(default_factory=free_port)
@@ -81,7 +82,7 @@ class Server:
     def config_text(self) -> str:
         return textwrap.dedent(f"""\
             listen {self.rtmp_port};
-            max_connections 1000;
+            max_connections {self.max_connections};
             daemon off;
             pid {self.workdir}/nonstop.pid;
             srs_log_tank console;

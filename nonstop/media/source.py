@@ -112,10 +112,12 @@ class Source:
         """One message from the publisher: correct its time, number it, encode it once per format, flush."""
         self.recv_bytes += len(payload)
         self.last_packet_at = now
+        is_metadata = False
         if type_id == MSG_DATA_AMF0:
             payload = self._on_data(payload)
             if payload is None:
                 return
+            is_metadata = self.metadata is not None and payload is self.metadata.payload
         keyframe = header = False
         if type_id == MSG_VIDEO:
             if flv.is_video_sequence_header(payload):
@@ -126,7 +128,9 @@ class Source:
                 keyframe = flv.is_video_keyframe(payload)
         elif type_id == MSG_AUDIO and flv.is_audio_sequence_header(payload):
             self._on_audio_header(payload)
-        timestamp = self.jitter.correct(timestamp)
+        # onMetaData goes out at time 0: FFmpeg's FLV demuxer turns a metadata tag with a non-zero time into
+        # a data (subtitle) stream of its own.
+        timestamp = 0 if is_metadata else self.jitter.correct(timestamp)
         packet = Packet(self.next_seq, type_id, timestamp, payload, keyframe)
         self.next_seq += 1
         self._append(packet)
@@ -212,7 +216,9 @@ class Source:
         if now_ts is None:
             now_ts = self.jitter.last_out
         out = []
-        for packet in (self.metadata, self.video_sh, self.audio_sh):
+        if self.metadata is not None:
+            out.append(encode_packet(fmt, MSG_DATA_AMF0, 0, self.metadata.payload))
+        for packet in (self.video_sh, self.audio_sh):
             if packet is not None:
                 out.append(encode_packet(fmt, packet.type_id, now_ts, packet.payload))
         return out

@@ -137,7 +137,7 @@ def test_http_flv_of_an_unpublished_stream_is_404(server):
 
 def test_max_connections_is_enforced_at_accept():
     import socket
-    with Server(extra_global="max_connections 3;") as server:
+    with Server(max_connections=3) as server:
         held = [socket.create_connection(("127.0.0.1", server.rtmp_port)) for _ in range(3)]
         extra = socket.create_connection(("127.0.0.1", server.rtmp_port), timeout=5)
         extra.settimeout(5)

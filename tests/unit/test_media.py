@@ -90,7 +90,8 @@ def test_new_player_gets_headers_then_starts_at_the_latest_keyframe():
     kinds = [(m.type_id, m.payload[:2]) for m in messages]
     assert kinds[0][0] == 18 and kinds[1] == (9, AVC_HEADER[:2]) and kinds[2] == (8, AAC_HEADER[:2])
     assert messages[3].payload == KEY, "the GOP starts at the latest keyframe"
-    assert messages[0].timestamp == messages[3].timestamp == 170, "headers carry the GOP's time (jitter: +10)"
+    assert messages[1].timestamp == messages[3].timestamp == 170, "headers carry the GOP's time (jitter: +10)"
+    assert messages[0].timestamp == 0, "onMetaData at time 0, or FFmpeg sees a data stream"
     assert messages[-1].timestamp == last
     meta = amf0.decode_all(messages[0].payload)
     assert meta[0] == "onMetaData" and meta[1]["server"].startswith("nonstop/") and "duration" not in meta[1]
