@@ -28,8 +28,15 @@ $(TEST_STAMP): $(STAMP) pyproject.toml
 	$(PIP) install -q -e '.[test]'
 	@touch $@
 
+# Debian packages the end-to-end tests drive: ffmpeg/ffprobe as clients, nginx-rtmp as a peer server.
+DEB_TEST_PACKAGES := ffmpeg nginx libnginx-mod-rtmp
+
 test-deps: $(TEST_STAMP)
-	@command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || { apt-get update -q && $(APT_INSTALL) ffmpeg; }
+	@missing=""; \
+	command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || missing="$$missing ffmpeg"; \
+	command -v nginx >/dev/null || missing="$$missing nginx"; \
+	test -f /usr/lib/nginx/modules/ngx_rtmp_module.so || missing="$$missing libnginx-mod-rtmp"; \
+	if [ -n "$$missing" ]; then apt-get update -q && $(APT_INSTALL) $$missing; fi
 
 test: test-deps
 	$(PY) -m pytest -q -m 'not long' $(PYTEST_ARGS) tests

@@ -148,3 +148,32 @@ def test_max_connections_is_enforced_at_accept():
         wait_for(lambda: "max_connections 3" in server.log(), 5, what="the rejection log line")
         for s in held + [extra]:
             s.close()
+
+
+def test_rtmp_player_gets_unpublish_notify_and_resumes_on_republish(server):
+    """ffmpeg ends its RTMP play on UnpublishNotify (its choice); a player that follows the notify resumes."""
+    import asyncio
+
+    from nonstop.protocol import rtmp
+    from tests.rtmp_client import AVC_HEADER, AVC_INTER, AVC_KEYFRAME, RtmpTestClient
+
+    async def scenario():
+        player = await RtmpTestClient().open(server.rtmp_port)
+        await player.play("resume")
+        for round_ in range(2):
+            publisher = await RtmpTestClient().open(server.rtmp_port)
+            status = await publisher.publish("resume")
+            assert status.code == "NetStream.Publish.Start"
+            publisher.send_media(rtmp.MSG_VIDEO, 0, AVC_HEADER)
+            publisher.send_media(rtmp.MSG_VIDEO, 0, AVC_KEYFRAME)
+            for i in range(1, 20):
+                publisher.send_media(rtmp.MSG_VIDEO, i * 40, AVC_INTER)
+            await publisher.drain()
+            media = await player.wait_for(lambda e: isinstance(e, rtmp.Media) and e.payload == AVC_KEYFRAME)
+            assert media.type_id == rtmp.MSG_VIDEO
+            await publisher.close()
+            notify = await player.wait_for(lambda e: isinstance(e, rtmp.Status))
+            assert notify.code == "NetStream.Play.UnpublishNotify"
+        await player.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
