@@ -63,6 +63,8 @@ class Consumer:
         if self.position >= head or self.paused or self.closed:
             return
         transport = self.sink.transport
+        if transport.is_closing():
+            return
         if transport.get_write_buffer_size() > MAX_BUFFERED_BYTES:
             if self.behind_since is None:
                 self.behind_since = now

@@ -33,6 +33,9 @@ class FakeTransport:
     def get_write_buffer_size(self):
         return self.buffered
 
+    def is_closing(self):
+        return False
+
     def data(self) -> bytes:
         return b"".join(self.chunks)
 
