@@ -57,38 +57,56 @@ async def hand_over(worker, path: str) -> HandoverStats:
         for source in list(worker.registry.sources.values()):
             conns = [c for c in list(worker.conns.values()) if c.source is source and c.role and not c.closed]
             await _hand_over_stream(worker, sock, source, conns, stats)
+        # RTMP connections with no stream yet (mid-handshake, or connected and idle) move too; their session
+        # snapshot carries the handshake state. Refused ones finish closing here; HTTP requests in flight drain.
+        idle = [c for c in list(worker.conns.values())
+                if c.kind == "rtmp" and not c.role and not c.closed and not c.close_reason]
+        await _hand_over_conns(sock, idle, stats)
         await _call(wire.send_frame, sock, {"type": "done"}, [])
     finally:
         sock.close()
     return stats
 
 
-async def _hand_over_stream(worker, sock, source: Source, conns: list, stats: HandoverStats) -> None:
-    started = time.monotonic()
+async def _quiesce(conns: list) -> tuple[list, list]:
+    """Stop reading and feeding; wait (bounded) for each transport to empty. Returns (movable, stuck)."""
     for conn in conns:
         conn.begin_handover()
-    deadline = started + QUIESCE_TIMEOUT_S
+    deadline = time.monotonic() + QUIESCE_TIMEOUT_S
     while any(c.transport.get_write_buffer_size() for c in conns if not c.closed) and time.monotonic() < deadline:
         await asyncio.sleep(QUIESCE_POLL_S)
     movable = [c for c in conns if not c.closed and c.transport.get_write_buffer_size() == 0]
     stuck = [c for c in conns if not c.closed and c not in movable]
+    return movable, stuck
+
+
+async def _send_conns(sock, conns: list, stats: HandoverStats) -> None:
+    """Send connections in batches of at most MAX_FDS_PER_FRAME; each acknowledged batch is dropped here.
+    Raises on a refusal or an error; the connections not yet acknowledged are still ours then."""
+    for i in range(0, len(conns), wire.MAX_FDS_PER_FRAME):
+        batch = conns[i:i + wire.MAX_FDS_PER_FRAME]
+        fds = [os.dup(c.fileno()) for c in batch]
+        try:
+            await _call(wire.send_frame, sock, {"type": "conns", "conns": [c.snapshot() for c in batch]}, fds)
+        finally:
+            for fd in fds:
+                os.close(fd)   # the receiver has its own copies, or none: either way no FIN is sent
+        if await _call(_recv_ack, sock) != ACK:
+            raise wire.HandoverError("receiver refused the connections")
+        for conn in batch:
+            conn.finish_handover()
+        stats.handed_over += len(batch)
+
+
+async def _hand_over_stream(worker, sock, source: Source, conns: list, stats: HandoverStats) -> None:
+    """One stream at a message boundary: its source first, then its publisher and players together."""
+    started = time.monotonic()
+    movable, stuck = await _quiesce(conns)
     try:
         await _call(wire.send_frame, sock, {"type": "source", "source": source.snapshot()}, [])
         if await _call(_recv_ack, sock) != ACK:
             raise wire.HandoverError("receiver refused the source")
-        for i in range(0, len(movable), wire.MAX_FDS_PER_FRAME):
-            batch = movable[i:i + wire.MAX_FDS_PER_FRAME]
-            fds = [os.dup(c.fileno()) for c in batch]
-            try:
-                await _call(wire.send_frame, sock, {"type": "conns", "conns": [c.snapshot() for c in batch]}, fds)
-            finally:
-                for fd in fds:
-                    os.close(fd)
-            if await _call(_recv_ack, sock) != ACK:
-                raise wire.HandoverError("receiver refused the connections")
-            for conn in batch:
-                conn.finish_handover()
-            stats.handed_over += len(batch)
+        await _send_conns(sock, movable, stats)
     except (OSError, EOFError, wire.HandoverError) as e:
         log.warn("handover", f"handover of {source.key} failed, keeping it here: {e}")
         remaining = [c for c in movable if not c.closed]
@@ -106,6 +124,21 @@ async def _hand_over_stream(worker, sock, source: Source, conns: list, stats: Ha
     stats.worst_ms = max(stats.worst_ms, elapsed)
     log.trace("handover", f"handed over {source.key}: {len(movable)} conns in {elapsed:.1f} ms"
                           + (f", {len(stuck)} left to drain" if stuck else ""))
+
+
+async def _hand_over_conns(sock, conns: list, stats: HandoverStats) -> None:
+    """Connections with no stream: no source to keep consistent, so any batch may move on its own."""
+    movable, stuck = await _quiesce(conns)
+    for conn in stuck:
+        conn.cancel_handover()
+    try:
+        await _send_conns(sock, movable, stats)
+    except (OSError, EOFError, wire.HandoverError) as e:
+        log.warn("handover", f"handover of idle connections failed, keeping them here: {e}")
+        remaining = [c for c in movable if not c.closed]
+        for conn in remaining:
+            conn.cancel_handover()
+        stats.failed += len(remaining)
 
 
 async def take_over(worker, path: str) -> HandoverStats:
