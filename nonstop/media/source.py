@@ -73,6 +73,9 @@ class Source:
         self.publisher = None        # the publishing connection, or None
         self.consumers: set = set()
         self.idle_since: float | None = None
+        # Called with this source when its last publisher or player leaves; the registry frees it then, so a
+        # burst of short-lived streams never piles up (set by SourceRegistry; None for a detached source).
+        self.on_idle = None
         # Flush bookkeeping: where the last flush of this source ended.
         self.flushed_seq = 0
         self.flushed_ts = 0
@@ -106,7 +109,7 @@ class Source:
         for consumer in list(self.consumers):
             consumer.on_source_unpublish()
         if not self.consumers:
-            self.idle_since = now
+            self._turned_idle(now)
 
     def on_media(self, type_id: int, timestamp: int, payload: bytes, now: float) -> None:
         """One message from the publisher: correct its time, number it, encode it once per format, flush."""
@@ -288,10 +291,15 @@ class Source:
                 del self.encodings[fmt]
                 del self.sizes[fmt]
             if self.publisher is None:
-                self.idle_since = now
+                self._turned_idle(now)
 
     def is_idle(self) -> bool:
         return self.publisher is None and not self.consumers
+
+    def _turned_idle(self, now: float) -> None:
+        self.idle_since = now
+        if self.on_idle is not None:
+            self.on_idle(self)
 
     # ----- handover ----------------------------------------------------------------------------------------
 

@@ -223,24 +223,43 @@ def test_enhanced_rtmp_hevc_keyframe_starts_the_gop():
     assert source.gop_start_seq == source.next_seq - 1
 
 
-def test_idle_sources_are_freed_by_the_sweep():
+def test_a_source_is_freed_the_moment_its_publisher_leaves():
     registry = SourceRegistry()
     source = registry.fetch_or_create("v", "live", "s", now=0.0)
     source.on_publish(object(), 0.0)
+    assert registry.sweep(100.0) == []
     source.on_unpublish(1.0)
-    assert registry.sweep(1.0 + SOURCE_IDLE_FREE_S / 2) == []
-    assert registry.sweep(1.0 + SOURCE_IDLE_FREE_S) == [source]
     assert len(registry) == 0 and registry.freed_total == 1
+    assert registry.get("v", "live", "s") is None
+    assert registry.fetch_or_create("v", "live", "s", now=2.0) is not source
 
 
-def test_a_source_with_a_waiting_player_is_not_freed():
+def test_a_source_with_a_waiting_player_is_kept_then_freed_when_it_leaves():
     registry = SourceRegistry()
     source = registry.fetch_or_create("v", "live", "s", now=0.0)
     consumer = Consumer(source, FORMAT_FLV, FakeSink())
     consumer.start(0.0)
     assert registry.sweep(100.0) == []
     consumer.stop(100.0)
-    assert registry.sweep(100.0 + SOURCE_IDLE_FREE_S) == [source]
+    assert len(registry) == 0 and registry.freed_total == 1
+
+
+def test_a_source_whose_player_leaves_while_it_is_published_is_kept():
+    registry = SourceRegistry()
+    source = registry.fetch_or_create("v", "live", "s", now=0.0)
+    source.on_publish(object(), 0.0)
+    consumer = Consumer(source, FORMAT_FLV, FakeSink())
+    consumer.start(0.0)
+    consumer.stop(1.0)
+    assert registry.sweep(100.0) == [] and registry.get("v", "live", "s") is source
+
+
+def test_a_source_nobody_attached_to_is_freed_by_the_sweep():
+    registry = SourceRegistry()
+    source = registry.fetch_or_create("v", "live", "s", now=1.0)
+    assert registry.sweep(1.0 + SOURCE_IDLE_FREE_S / 2) == []
+    assert registry.sweep(1.0 + SOURCE_IDLE_FREE_S) == [source]
+    assert len(registry) == 0 and registry.freed_total == 1
 
 
 def test_flv_tags_parse_back():
