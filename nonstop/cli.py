@@ -127,6 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"nonstop: cannot read config {path}: {e.strerror}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.worker:
+        from nonstop.server.worker_main import run_worker
+        return run_worker(config)
+    # The handover test hooks need the single process (master_process off) that they were written for.
+    if config.master_process and not args.takeover and not os.environ.get("NONSTOP_TEST_HANDOVER_TO"):
+        from nonstop.master.master import run_master
+        return run_master(config)
     from nonstop.server.run import run_single_process
     return run_single_process(config, takeover=args.takeover)
 

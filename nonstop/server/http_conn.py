@@ -133,6 +133,8 @@ class HttpConnection(asyncio.Protocol):
             raise httptools.HttpParserError("request head too large")
 
     def on_message_complete(self) -> None:
+        if self.closed:
+            return  # a pipelined request after one that was answered or handed to the API (it has the bytes)
         method = self.parser.get_method().decode("latin-1")
         try:
             parsed = httptools.parse_url(self.url)
@@ -157,6 +159,8 @@ class HttpConnection(asyncio.Protocol):
     # ----- HTTP-FLV ----------------------------------------------------------------------------------------
 
     def _play(self, method: str, vhost, app: str, stream: str) -> None:
+        if self.worker.cluster.on_flv_play(self, method, vhost, app, stream):
+            return  # answered by the origin cluster (302 or 404)
         now = time.monotonic()
         source = self.worker.registry.get(vhost.name, app, stream)
         if source is None or source.publisher is None:
@@ -226,6 +230,7 @@ class HttpConnection(asyncio.Protocol):
         if self.consumer is not None:
             self.consumer.stop(time.monotonic())
             self.control_bytes += self.consumer.bytes_sent
+            self.worker.closed_dropped += self.consumer.dropped     # for /metrics' dropped messages
             self.consumer = None
         if self.transport is not None:
             self.transport.close()

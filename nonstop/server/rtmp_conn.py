@@ -51,6 +51,8 @@ class RtmpConnection(asyncio.Protocol):
         self.handing_over = False
         self.control_bytes = 0
         self.restored: dict | None = None   # the snapshot this connection was restored from, until resumed
+        self.page_url = ""
+        self.swf_url = ""
 
     # ----- asyncio callbacks -------------------------------------------------------------------------------
 
@@ -134,6 +136,9 @@ class RtmpConnection(asyncio.Protocol):
             self.close_later("no such vhost")
             return
         self.vhost = vhost
+        # For the API's client JSON (SRS shows them): the Flash-era page and SWF URLs of the connect command.
+        self.page_url = _text(event.command_object.get("pageUrl"))
+        self.swf_url = _text(event.command_object.get("swfUrl"))
         self.session.out_chunk_size = vhost.chunk_size or self.worker.config.chunk_size
         self.session.accept_connect(event)
         self.deadline = None
@@ -143,6 +148,8 @@ class RtmpConnection(asyncio.Protocol):
     def _on_publish(self, event: rtmp.PublishRequest) -> None:
         if self.role != ROLE_NONE:
             raise rtmp.RtmpError(f"publish while already {self.role}ing")
+        if self.worker.cluster.on_publish(self, event):
+            return  # the origin cluster decides later (publish uniqueness)
         now = time.monotonic()
         source = self.worker.fetch_source(self.vhost, self.session.app, event.name, now)
         if not source.can_publish():
@@ -164,6 +171,8 @@ class RtmpConnection(asyncio.Protocol):
     def _on_play(self, event: rtmp.PlayRequest) -> None:
         if self.role != ROLE_NONE:
             raise rtmp.RtmpError(f"play while already {self.role}ing")
+        if self.worker.cluster.on_play(self, event):
+            return  # answered by the origin cluster (redirect or StreamNotFound)
         now = time.monotonic()
         source = self.worker.fetch_source(self.vhost, self.session.app, event.name, now)
         self.role = ROLE_PLAY
@@ -189,6 +198,7 @@ class RtmpConnection(asyncio.Protocol):
         if self.consumer is not None:
             self.consumer.stop(time.monotonic())
             self.control_bytes += self.consumer.bytes_sent   # keep the total once the consumer is gone
+            self.worker.closed_dropped += self.consumer.dropped     # the same for /metrics' dropped messages
             log.trace(self.cid, f"stop play {self.source.key}")
             self.consumer = None
             self.source = None
@@ -208,6 +218,11 @@ class RtmpConnection(asyncio.Protocol):
     def kick(self, reason: str) -> None:
         log.warn(self.cid, f"kick: {reason}")
         self.close(reason)
+
+    def send_status(self, code: str, description: str) -> None:
+        """An onStatus on this client's stream, e.g. a publisher's last NetStream.Unpublish.Success at quit."""
+        self.session.send_status(self.stream_id, "status", code, description)
+        self._flush_session()
 
     # ----- deadlines and closing ---------------------------------------------------------------------------
 
@@ -285,6 +300,7 @@ class RtmpConnection(asyncio.Protocol):
             "created_at": self.created_at, "created_wall": self.created_wall, "deadline": self.deadline,
             "last_media_at": self.last_media_at, "got_media": self.got_media,
             "control_bytes": self.control_bytes, "close_reason": self.close_reason,
+            "page_url": self.page_url, "swf_url": self.swf_url,
         }
 
     @classmethod
@@ -301,6 +317,7 @@ class RtmpConnection(asyncio.Protocol):
         self.deadline, self.last_media_at = snap["deadline"], snap["last_media_at"]
         self.got_media, self.control_bytes = snap["got_media"], snap["control_bytes"]
         self.close_reason = snap["close_reason"]
+        self.page_url, self.swf_url = snap.get("page_url", ""), snap.get("swf_url", "")
         self.restored = snap
         return self
 
@@ -331,6 +348,10 @@ class RtmpConnection(asyncio.Protocol):
     @property
     def recv_bytes(self) -> int:
         return self.session.bytes_received
+
+
+def _text(value) -> str:
+    return value if isinstance(value, str) else ""
 
 
 def _host_of(tc_url: str) -> str:

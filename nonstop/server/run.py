@@ -1,67 +1,38 @@
-"""Running one serving process: limits, listeners, the uvloop event loop, signals.
+"""`master_process off`: one process that is its own master. It owns the listeners, the pid file and the
+signals like the master (nonstop/master/master.py), and serves every connection itself, like a worker. There
+is no upgrade in this mode, and nothing restarts it; it is for debugging.
 
-`run_single_process` is the `master_process off` mode (and the whole server until the master lands): one
-process owns the listeners and serves. Everything the server will ever run is imported here, at start
-(architecture decision 9): after a new version is installed into the same environment, a lazy import in an old
-process would load new code.
+The test-only NONSTOP_TEST_HANDOVER_TO=PATH makes SIGUSR2 hand every connection to a `nonstop --takeover PATH`
+process, and `--takeover` is the receiving end (tests/e2e/test_handover_proof.py); both run in this mode.
+
+Everything the server will ever run is imported here, at start (architecture decision 9): after a new version
+is installed into the same environment, a lazy import in an old process would load new code.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import resource
 import signal
-import socket
 import sys
 
 import uvloop
 
 from nonstop import SERVER_NAME
+from nonstop.config import ConfigError, EMBEDDED, load
 from nonstop.handover import transfer, wire  # noqa: F401  (imported at start, decision 9)
 from nonstop.log import log
-from nonstop.server.listeners import bind_listener
-from nonstop.server.worker import LISTENER_API, LISTENER_HTTP, LISTENER_RTMP, Worker
+from nonstop.master import daemon, sdnotify
+from nonstop.master.limits import raise_nofile_limit
+from nonstop.master.pidfile import AlreadyRunning, PidFile
+from nonstop.master.sockets import ListenerSet, systemd_sockets
+from nonstop.server.lifecycle import Serving
+from nonstop.server.worker import Worker
 
-# Besides one fd per connection, a process needs fds for listeners, logs, pipes and the handover socket.
-FD_MARGIN = 128
-
-
-def raise_nofile_limit(max_connections: int) -> None:
-    """Raise the soft open-file limit to the hard one; warn when max_connections cannot fit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError) as e:
-            log.warn("main", f"cannot raise the open-file limit from {soft} to {hard}: {e}")
-    limit = soft if soft != resource.RLIM_INFINITY else 1 << 30
-    if max_connections + FD_MARGIN > limit:
-        log.warn("main", f"max_connections {max_connections} plus a margin of {FD_MARGIN} fds does not fit the "
-                         f"open-file limit {limit}; raise it (ulimit -n, LimitNOFILE=)")
-
-
-def open_listeners(config) -> dict[str, list[socket.socket]]:
-    """Bind every listener the config names. Equal API and HTTP server ports share one socket."""
-    reuse = getattr(config, "reuse_port", False)
-    sockets: dict[str, list[socket.socket]] = {LISTENER_RTMP: [], LISTENER_HTTP: [], LISTENER_API: []}
-    try:
-        for ep in config.listen:
-            sockets[LISTENER_RTMP].append(bind_listener(ep.host, ep.port, reuse_port=reuse))
-        if config.http_server.enabled:
-            ep = config.http_server.listen
-            sockets[LISTENER_HTTP].append(bind_listener(ep.host, ep.port, reuse_port=reuse))
-        if config.http_api.enabled and not (config.http_server.enabled
-                                            and config.http_api.listen.port == config.http_server.listen.port):
-            ep = config.http_api.listen
-            sockets[LISTENER_API].append(bind_listener(ep.host, ep.port, reuse_port=reuse))
-    except OSError:
-        for socks in sockets.values():
-            for s in socks:
-                s.close()
-        raise
-    return sockets
+EXIT_OK = 0
+EXIT_RUNTIME = 1
+EXIT_RUNNING = 4
+HANDOVER_ENV = "NONSTOP_TEST_HANDOVER_TO"
 
 
 def configure_logging(config) -> None:
@@ -72,55 +43,154 @@ def run_single_process(config, takeover: str | None = None) -> int:
     configure_logging(config)
     for warning in config.warnings:
         log.warn("config", warning)
-    raise_nofile_limit(config.max_connections)
+    status_fd = None
+    if config.daemon:
+        status_fd = daemon.daemonize()
+        log.pid = os.getpid()
+    pidfile = PidFile(config.pid)
     try:
-        sockets = open_listeners(config)
-    except OSError as e:
-        log.error("main", f"cannot listen: {e}")
-        print(f"nonstop: cannot listen: {e}", file=sys.stderr)
-        return 1
-    return uvloop.run(_serve(config, sockets, takeover))
+        pidfile.acquire()
+    except (AlreadyRunning, OSError) as e:
+        code = EXIT_RUNNING if isinstance(e, AlreadyRunning) else EXIT_RUNTIME
+        log.error("main", str(e))
+        daemon.report(status_fd, code)
+        return code
+    listeners = ListenerSet()
+    try:
+        raise_nofile_limit(config.max_connections)
+        try:
+            listeners.open(config, systemd_sockets())
+        except OSError as e:
+            log.error("main", f"cannot listen: {e}")
+            print(f"nonstop: cannot listen: {e}", file=sys.stderr)
+            daemon.report(status_fd, EXIT_RUNTIME)
+            return EXIT_RUNTIME
+        if config.daemon:
+            daemon.detach_stdio()
+        return uvloop.run(SingleProcess(config, listeners, status_fd).run(takeover))
+    finally:
+        listeners.close_all()
+        pidfile.release()
 
 
-async def _serve(config, sockets: dict[str, list[socket.socket]], takeover: str | None) -> int:
-    loop = asyncio.get_running_loop()
-    worker = Worker(config)
-    quit_event = asyncio.Event()
-    state = {"code": 0}
+class SingleProcess:
+    """The signals of the master table, carried out in this process."""
 
-    def fast_quit(signame: str) -> None:
-        log.trace("main", f"{signame}: fast quit")
-        quit_event.set()
+    def __init__(self, config, listeners: ListenerSet, status_fd: int | None):
+        self.config = config
+        self.path = None if config.path == EMBEDDED else config.path
+        self.listeners = listeners
+        self.status_fd = status_fd
+        self.worker = Worker(config)
+        self.serving = Serving(self.worker, on_listeners_closed=self.listeners.close)
+        self.handing_over = False
 
-    def upgrade() -> None:
-        target = os.environ.get("NONSTOP_TEST_HANDOVER_TO")
-        if not target:
-            log.warn("main", "SIGUSR2: upgrade is not available in this mode")
+    async def run(self, takeover: str | None) -> int:
+        loop = asyncio.get_running_loop()
+        for sig, handler in ((signal.SIGINT, self.handle_int), (signal.SIGTERM, self.handle_term),
+                             (signal.SIGQUIT, self.handle_quit), (signal.SIGHUP, self.handle_hup),
+                             (signal.SIGUSR1, self.handle_usr1), (signal.SIGUSR2, self.handle_usr2)):
+            loop.add_signal_handler(sig, handler)
+        # The serving side gets copies of the sockets, the owner keeps its own (as with a master and worker).
+        await self.serving.start({key: sock.dup() for key, sock in self.listeners.items()})
+        log.trace("main", f"{SERVER_NAME} serving as a single process, pid={os.getpid()}, "
+                          f"listeners: {self.serving.describe()}")
+        sdnotify.ready()
+        daemon.report(self.status_fd, EXIT_OK)
+        if takeover:
+            stats = await transfer.take_over(self.worker, takeover)
+            log.trace("main", f"takeover done: {stats.as_dict()}")
+        code = await self.serving.wait()
+        log.trace("main", f"quit, exit code {code}")
+        return code
+
+    # ----- signals (the master's table) ---------------------------------------------------------------------
+
+    def handle_int(self) -> None:
+        self.quit(signal.SIGINT, graceful=False)
+
+    def handle_term(self) -> None:
+        if self.config.force_grace_quit:
+            log.trace("main", f"force gracefully quit, signo={signal.SIGTERM.value}")
+        self.quit(signal.SIGTERM, graceful=self.config.force_grace_quit)
+
+    def handle_quit(self) -> None:
+        self.quit(signal.SIGQUIT, graceful=True)
+
+    def handle_hup(self) -> None:
+        if self.serving.quitting:
+            log.warn("main", f"sig={signal.SIGHUP.value}, reload refused: a {self.serving.quitting} quit is in "
+                             f"progress")
             return
-        log.trace("main", f"SIGUSR2: handing every connection over to {target}")
+        asyncio.get_running_loop().create_task(self.reload())
 
-        async def run() -> None:
-            await worker.close_listeners()
-            stats = await transfer.hand_over(worker, target)
-            log.trace("main", f"handover done: {stats.as_dict()}")
-            quit_event.set()
-        loop.create_task(run())
+    def handle_usr1(self) -> None:
+        log.reopen()
+        log.warn("main", f"reopen log file, signo={signal.SIGUSR1.value}")
 
-    loop.add_signal_handler(signal.SIGINT, fast_quit, "SIGINT")
-    loop.add_signal_handler(signal.SIGTERM, fast_quit, "SIGTERM")
-    loop.add_signal_handler(signal.SIGQUIT, fast_quit, "SIGQUIT")
-    loop.add_signal_handler(signal.SIGUSR1, log.reopen)
-    loop.add_signal_handler(signal.SIGUSR2, upgrade)
-    loop.add_signal_handler(signal.SIGHUP, lambda: log.warn("main", "SIGHUP: reload needs the master process"))
+    def handle_usr2(self) -> None:
+        signo = signal.SIGUSR2.value
+        if self.serving.quitting or self.handing_over:
+            log.warn("main", f"sig={signo}, upgrade refused: a quit is in progress")
+            return
+        target = os.environ.get(HANDOVER_ENV)
+        if not target:
+            log.warn("main", f"sig={signo}, upgrade is not available with master_process off; nothing changes")
+            return
+        log.trace("main", f"sig={signo}: handing every connection over to {target} (test only)")
+        self.handing_over = True
+        asyncio.get_running_loop().create_task(self._hand_over(target))
 
-    await worker.serve({k: v for k, v in sockets.items() if k != LISTENER_API})
-    names = ", ".join(f"{kind}={','.join(str(s.getsockname()[1]) for s in socks)}"
-                      for kind, socks in sockets.items() if socks)
-    log.trace("main", f"{SERVER_NAME} serving, pid={os.getpid()}, {names}")
-    if takeover:
-        stats = await transfer.take_over(worker, takeover)
-        log.trace("main", f"takeover done: {stats.as_dict()}")
-    await quit_event.wait()
-    await worker.stop()
-    log.trace("main", "quit")
-    return state["code"]
+    def quit(self, sig: signal.Signals, graceful: bool) -> None:
+        if graceful:
+            if self.serving.quitting == "graceful":
+                log.trace("main", f"sig={sig.value}, graceful quit already in progress; ignored")
+                return
+            if self.serving.quitting is None:
+                log.trace("main", f"sig={sig.value}, user start gracefully quit")
+                sdnotify.stopping()
+        else:
+            if self.serving.quitting == "fast":
+                return
+            log.trace("main", f"sig={sig.value}, user terminate program, fast quit")
+            if self.serving.quitting is None:
+                sdnotify.stopping()
+            self.listeners.close_all()
+        self.serving.quit(graceful)
+
+    async def _hand_over(self, target: str) -> None:
+        self.serving.close_media_listeners()
+        self.listeners.close_all()
+        stats = await transfer.hand_over(self.worker, target)
+        log.trace("main", f"handover done: {stats.as_dict()}")
+        self.serving.quit(graceful=False)
+
+    async def reload(self) -> None:
+        log.trace("main", f"reload config, signo={signal.SIGHUP.value}")
+        sdnotify.reloading()
+        try:
+            try:
+                new = load(self.path)
+            except ConfigError as e:
+                log.error("main", f"reload failed, the old config keeps running: {e}")
+                return
+            except OSError as e:
+                log.error("main", f"reload failed, the old config keeps running: cannot read {self.path}: "
+                                  f"{e.strerror}")
+                return
+            for warning in new.warnings:
+                log.warn("config", warning)
+            try:
+                plan = self.listeners.plan(new)
+            except OSError as e:
+                log.error("main", f"reload failed, the old config keeps running: cannot listen: {e}")
+                return
+            configure_logging(new)
+            self.config = new
+            add = {key: sock.dup() for key, sock in plan.add.items()}
+            self.listeners.commit(plan)
+            await self.serving.reload(new, add, plan.remove)
+            raise_nofile_limit(new.max_connections)
+            log.trace("main", f"reload config success; listeners: {self.serving.describe()}")
+        finally:
+            sdnotify.ready()

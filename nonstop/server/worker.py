@@ -14,6 +14,7 @@ import socket
 import time
 
 from nonstop import SERVER_NAME
+from nonstop.cluster.manager import Cluster
 from nonstop.log import log
 from nonstop.media.registry import SourceRegistry, new_id
 from nonstop.server.http_conn import HttpConnection, mount_pattern
@@ -42,12 +43,19 @@ class Worker:
         self._api_apps: dict[str, object] = {}
         self._tick_task: asyncio.Task | None = None
         self.draining = False
+        # Readiness for new connections (/readyz): set by the lifecycle (nonstop/server/lifecycle.py), false
+        # from the moment a graceful quit starts.
+        self.ready = True
         # Totals that outlive connections (one owner: the worker).
         self.accepted_total = 0
         self.rejected_total = 0
         self.closed_send_bytes = 0
         self.closed_recv_bytes = 0
+        # Messages skipped for slow players whose play has ended (live players hold their own count).
+        self.closed_dropped = 0
         self.apply_config(config)
+        # Origin cluster and edge (nonstop/cluster): hooks in the connections, the sweep and stop.
+        self.cluster = Cluster(self)
 
     # ----- configuration ---------------------------------------------------------------------------------
 
@@ -145,6 +153,7 @@ class Worker:
     def sweep(self, now: float) -> None:
         for conn in list(self.conns.values()):
             conn.check_deadline(now)
+        self.cluster.sweep(now)
         for source in self.registry.sweep(now):
             log.trace("sweep", f"free source {source.key} (idle)")
 
@@ -169,6 +178,7 @@ class Worker:
             for consumer in list(existing.consumers):
                 consumer.source = source
                 consumer.start(now)
+        self.cluster.adopt_source(source)   # an edge source: re-establish its upstream (nonstop/cluster)
 
     async def adopt_connection(self, snap: dict, fd: int) -> None:
         sock = socket.socket(fileno=fd)
@@ -191,6 +201,7 @@ class Worker:
             self._tick_task.cancel()
             self._tick_task = None
         await self.close_listeners()
+        await self.cluster.stop()
         self.close_all("server quit")
 
 

@@ -1,0 +1,130 @@
+"""/metrics: Prometheus text from a custom collector that reads the owning objects at scrape time.
+
+No counter is incremented anywhere for metrics (architecture property 5): the worker, its connections, its
+SourceRegistry and the consumers own their numbers, and `collect()` reads them when Prometheus scrapes. Totals
+of things that are gone (closed connections, freed sources) are owned by the worker and the registry.
+
+Carrying totals across workers: `worker_totals(worker)` adds `worker.carried_totals` (a dict with the same
+keys, absent by default) to this worker's own numbers, so that after an upgrade the new worker can report the
+service's totals by setting it to what the old worker had counted for what did not move with the handover.
+
+Names are prefixed `nonstop_`, and SRS's exporter names (srs-reference.md §6) exist with that prefix:
+`nonstop_streams`, `nonstop_clients`, `nonstop_clients_total`, `nonstop_send_bytes_total`,
+`nonstop_receive_bytes_total`, `nonstop_cpu_percent`, `nonstop_memory`.
+"""
+
+from __future__ import annotations
+
+from nonstop import __version__
+from nonstop.api import procstat
+from nonstop.api.stats import CLIENT_TYPES, client_type
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, UnknownMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
+
+# The keys of worker_totals(), which `worker.carried_totals` may also hold.
+TOTAL_KEYS = ("accepted", "rejected", "send_bytes", "recv_bytes", "dropped", "sources_created", "sources_freed")
+BYTES_PER_KB = 1024
+
+
+def worker_totals(worker) -> dict[str, int]:
+    """The service's running totals as this worker knows them, plus what earlier workers carried over."""
+    send, recv = worker.totals()
+    dropped = getattr(worker, "closed_dropped", 0)
+    for conn in worker.conns.values():
+        consumer = getattr(conn, "consumer", None)
+        if consumer is not None:
+            dropped += consumer.dropped
+    own = {"accepted": worker.accepted_total, "rejected": worker.rejected_total, "send_bytes": send,
+           "recv_bytes": recv, "dropped": dropped, "sources_created": worker.registry.created_total,
+           "sources_freed": worker.registry.freed_total}
+    carried = getattr(worker, "carried_totals", None) or {}
+    return {key: value + int(carried.get(key, 0)) for key, value in own.items()}
+
+
+class NonstopCollector(Collector):
+    """Everything /metrics shows, read from the worker (and /proc for the processes) at scrape time."""
+
+    def __init__(self, worker, processes: procstat.ProcessWatch):
+        self.worker = worker
+        self.processes = processes
+
+    def collect(self):
+        worker = self.worker
+        totals = worker_totals(worker)
+        sources = worker.registry.sources.values()
+
+        info = GaugeMetricFamily("nonstop_build_info", "The version, server id, service id and pid (value 1).",
+                                 labels=["version", "server", "service", "pid"])
+        info.add_metric([__version__, worker.server_id, worker.service_id, str(self.processes.service_pid())], 1)
+        yield info
+
+        yield GaugeMetricFamily("nonstop_streams", "Streams with a publisher now (SRS's srs_streams).",
+                                value=sum(1 for s in sources if s.publisher is not None))
+        yield GaugeMetricFamily("nonstop_sources", "Sources in memory: live, waiting for a publisher, or idle "
+                                                   "until freed.", value=len(worker.registry.sources))
+        by_type = dict.fromkeys(CLIENT_TYPES, 0)
+        for conn in worker.conns.values():
+            ctype = client_type(conn)
+            if ctype is not None:
+                by_type[ctype] += 1
+        clients = GaugeMetricFamily("nonstop_clients", "Clients publishing or playing now, by type.",
+                                    labels=["type"])
+        for ctype, n in by_type.items():
+            clients.add_metric([ctype], n)
+        yield clients
+        yield GaugeMetricFamily("nonstop_connections", "Open TCP connections on the RTMP and HTTP-FLV ports.",
+                                value=len(worker.conns))
+
+        yield CounterMetricFamily("nonstop_connections_accepted", "Connections accepted.",
+                                  value=totals["accepted"])
+        yield CounterMetricFamily("nonstop_connections_rejected", "Connections refused at accept "
+                                                                  "(max_connections).", value=totals["rejected"])
+        # SRS's srs_clients_total, untyped: a counter family would be named nonstop_clients, the gauge above.
+        yield UnknownMetricFamily("nonstop_clients_total", "Connections ever accepted (SRS's srs_clients_total; "
+                                                           "the same as nonstop_connections_accepted_total).",
+                                  value=totals["accepted"])
+        yield CounterMetricFamily("nonstop_send_bytes", "Bytes sent to clients.", value=totals["send_bytes"])
+        yield CounterMetricFamily("nonstop_receive_bytes", "Bytes received from clients.",
+                                  value=totals["recv_bytes"])
+        yield CounterMetricFamily("nonstop_dropped_messages", "Messages skipped for players too slow to keep up.",
+                                  value=totals["dropped"])
+        yield CounterMetricFamily("nonstop_sources_created", "Sources created.", value=totals["sources_created"])
+        yield CounterMetricFamily("nonstop_sources_freed", "Idle sources freed.", value=totals["sources_freed"])
+
+        yield GaugeMetricFamily("nonstop_draining", "1 while a graceful quit drains the connections.",
+                                value=1 if getattr(worker, "draining", False) else 0)
+        yield GaugeMetricFamily("nonstop_ready", "1 when new connections are welcome (/readyz answers 200).",
+                                value=1 if is_ready(worker) else 0)
+        yield GaugeMetricFamily("nonstop_generation", "The worker generation serving (1, then +1 per upgrade).",
+                                value=getattr(worker, "generation", 1))
+        yield from self._processes()
+
+    def _processes(self):
+        labels = ["role", "pid"]
+        rss = GaugeMetricFamily("nonstop_process_resident_memory_bytes", "Resident memory.", labels=labels)
+        cpu = CounterMetricFamily("nonstop_process_cpu_seconds", "User and system CPU time.", labels=labels)
+        percent = GaugeMetricFamily("nonstop_cpu_percent", "CPU use over the last second, in % of one core "
+                                                           "(SRS's srs_cpu_percent).", labels=labels)
+        memory = GaugeMetricFamily("nonstop_memory", "Resident memory in kilobytes (SRS's srs_memory).",
+                                   labels=labels)
+        for role, pid in self.processes.processes():
+            sample = procstat.read_proc(pid)
+            if sample is None:
+                continue
+            key = [role, str(pid)]
+            rss.add_metric(key, sample.rss_bytes)
+            cpu.add_metric(key, sample.cpu_seconds)
+            percent.add_metric(key, round(self.processes.cpu_fraction(pid) * 100, 2))
+            memory.add_metric(key, sample.rss_bytes // BYTES_PER_KB)
+        yield from (rss, cpu, percent, memory)
+
+
+def is_ready(worker) -> bool:
+    """Ready for new connections: the worker says so (default yes) and no graceful quit has begun."""
+    return bool(getattr(worker, "ready", True)) and not getattr(worker, "draining", False)
+
+
+def make_registry(worker, processes: procstat.ProcessWatch) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(NonstopCollector(worker, processes))
+    return registry

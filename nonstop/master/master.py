@@ -1,0 +1,441 @@
+"""The master: a small process whose pid never changes. It owns the listening sockets, the pid file and its
+lock, the signals and the config; it starts the worker that serves every connection, and turns signals into
+orders for it. It does no media work (and imports no media code).
+
+Signals, each handled at once (asyncio's add_signal_handler, one method per signal, gunicorn style):
+| signal | meaning |
+|---|---|
+| SIGINT | fast quit, always |
+| SIGTERM | fast quit; graceful with `force_grace_quit on` |
+| SIGQUIT | graceful quit (a second one is ignored, with a log line) |
+| SIGHUP | reload the config (refused during a drain) |
+| SIGUSR1 | reopen the log file, here and in the workers |
+| SIGUSR2 | upgrade: not available yet; logged, never fatal (refused during a drain) |
+| SIGCHLD | a worker exited: if nobody asked it to, start a new one, with backoff |
+
+The master keeps a list of workers, not one, and each worker has its own control channel (channel.py), so the
+upgrade issue can start a new worker next to old ones that drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from nonstop.config import ConfigError, diff, load
+from nonstop.config import EMBEDDED
+from nonstop.log import log
+from nonstop.master import daemon, sdnotify
+from nonstop.master.channel import WORKER_ENV, Channel, socketpair
+from nonstop.master.limits import raise_nofile_limit
+from nonstop.master.pidfile import AlreadyRunning, PidFile
+from nonstop.master.sockets import LISTEN_ENV, ListenerSet, systemd_sockets
+
+EXIT_OK = 0
+EXIT_RUNTIME = 1
+EXIT_RUNNING = 4
+
+# A worker that dies is restarted after 0.1 s, then 0.2, 0.4 ... up to 10 s while it keeps dying; one that
+# served for BACKOFF_RESET_S before dying starts the sequence over.
+BACKOFF_MIN_S = 0.1
+BACKOFF_MAX_S = 10.0
+BACKOFF_RESET_S = 30.0
+# A fast quit must end within 1 s: a worker still alive after this is killed.
+FAST_QUIT_KILL_S = 0.8
+# On top of the grace waits, how long a graceful quit with a bound may overrun before its worker is killed.
+GRACE_OVERRUN_S = 5.0
+# A worker that has not confirmed a reload by then is reported; systemd gets READY=1 anyway.
+RELOAD_ACK_TIMEOUT_S = 10.0
+# Settings that only a restart changes.
+RESTART_ONLY = ("daemon", "pid", "master_process")
+
+STARTING, SERVING, DRAINING = "starting", "serving", "draining"
+
+
+def configure_logging(config) -> None:
+    log.configure(config.log_level, config.log_tank, config.log_file)
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+class WorkerProcess:
+    """The master's handle on one worker process."""
+
+    def __init__(self, proc: subprocess.Popen, channel: Channel):
+        self.proc = proc
+        self.pid = proc.pid
+        self.channel = channel
+        self.state = STARTING
+        self.started_at = time.monotonic()
+        self.ready_at: float | None = None
+        self.reload_pending = False
+
+    def order(self, op: str, fds: list[int] | None = None, **fields) -> bool:
+        return self.channel.send(op, fds, **fields)
+
+
+class Master:
+    def __init__(self, config):
+        self.config = config
+        self.path = None if config.path == EMBEDDED else config.path
+        self.listeners = ListenerSet()
+        self.pidfile: PidFile | None = None
+        self.status_fd: int | None = None       # daemon on: where to report how the start went
+        self.workers: list[WorkerProcess] = []
+        self.quitting: str | None = None        # None, "fast" or "graceful"
+        self.reloading = False
+        self.reload_id = 0                      # which reload a confirmation timeout belongs to
+        self.ever_ready = False
+        self.backoff = BACKOFF_MIN_S
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.done: asyncio.Future | None = None
+        self._timers: list[asyncio.TimerHandle] = []
+
+    # ----- start and stop ----------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        config = self.config
+        configure_logging(config)
+        for warning in config.warnings:
+            log.warn("config", warning)
+        if config.daemon:
+            if config.log_tank == "console":
+                log.warn("main", "daemon on with srs_log_tank console: the logs go to /dev/null")
+            self.status_fd = daemon.daemonize()
+            log.pid = os.getpid()
+        self.pidfile = PidFile(config.pid)
+        try:
+            self.pidfile.acquire()
+        except AlreadyRunning as e:
+            return self._fail(EXIT_RUNNING, str(e))
+        except OSError as e:
+            return self._fail(EXIT_RUNTIME, f"cannot write the pid file {config.pid}: {e.strerror}")
+        try:
+            return self._run_with_pidfile()
+        finally:
+            self.listeners.close_all()
+            self.pidfile.release()
+
+    def _run_with_pidfile(self) -> int:
+        raise_nofile_limit(self.config.max_connections)
+        try:
+            self.listeners.open(self.config, systemd_sockets())
+        except OSError as e:
+            return self._fail(EXIT_RUNTIME, f"cannot listen: {e}")
+        if self.config.daemon:
+            daemon.detach_stdio()
+        code = asyncio.run(self._main())
+        daemon.report(self.status_fd, code)
+        log.trace("main", f"master quit, exit code {code}")
+        return code
+
+    def _fail(self, code: int, message: str) -> int:
+        log.error("main", message)
+        if log.path or self.config.daemon:
+            print(f"nonstop: {message}", file=sys.stderr)
+        daemon.report(self.status_fd, code)
+        return code
+
+    async def _main(self) -> int:
+        self.loop = asyncio.get_running_loop()
+        self.done = self.loop.create_future()
+        for sig, handler in ((signal.SIGINT, self.handle_int), (signal.SIGTERM, self.handle_term),
+                             (signal.SIGQUIT, self.handle_quit), (signal.SIGHUP, self.handle_hup),
+                             (signal.SIGUSR1, self.handle_usr1), (signal.SIGUSR2, self.handle_usr2),
+                             (signal.SIGCHLD, self.handle_chld)):
+            self.loop.add_signal_handler(sig, handler)
+        log.trace("main", f"master pid={os.getpid()}, listeners: {self.listeners.describe()}")
+        self.spawn()
+        try:
+            return await self.done
+        finally:
+            for timer in self._timers:
+                timer.cancel()
+            for worker in list(self.workers):
+                self._forget(worker)
+
+    def finish(self, code: int) -> None:
+        if self.done is not None and not self.done.done():
+            self.done.set_result(code)
+
+    def _later(self, delay: float, callback, *args) -> None:
+        now = self.loop.time()
+        self._timers = [t for t in self._timers if not t.cancelled() and t.when() > now]
+        self._timers.append(self.loop.call_later(delay, callback, *args))
+
+    # ----- workers -----------------------------------------------------------------------------------------
+
+    def spawn(self) -> WorkerProcess | None:
+        """Start a worker on the master's listeners. It inherits the sockets and one end of its channel."""
+        ours, theirs = socketpair()
+        listeners = list(self.listeners.items())
+        spec = {"control": theirs.fileno(), "listeners": [[key, sock.fileno()] for key, sock in listeners]}
+        env = {k: v for k, v in os.environ.items() if k not in (sdnotify.NOTIFY_SOCKET, *LISTEN_ENV)}
+        env[WORKER_ENV] = json.dumps(spec)
+        args = [sys.executable, "-m", "nonstop.cli", "--worker"]
+        if self.path is not None:
+            args += ["-c", self.path]
+        else:
+            env.pop("NONSTOP_CONF", None)     # the master runs the embedded config; so must the worker
+        try:
+            # Its own process group: a terminal's ^C or ^\ reaches the master, which gives the orders.
+            proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, process_group=0,
+                                    pass_fds=[theirs.fileno(), *(sock.fileno() for _, sock in listeners)])
+        except OSError as e:
+            ours.close()
+            theirs.close()
+            log.error("main", f"cannot start a worker: {e}")
+            if not self.ever_ready:
+                self.finish(EXIT_RUNTIME)
+            else:
+                self._schedule_respawn(self.backoff)
+                self.backoff = min(self.backoff * 2, BACKOFF_MAX_S)
+            return None
+        theirs.close()
+        worker = WorkerProcess(proc, Channel(ours))
+        self.workers.append(worker)
+        self.loop.add_reader(worker.channel.fileno(), self._on_channel, worker)
+        log.trace("main", f"started worker pid={proc.pid}")
+        return worker
+
+    def live_workers(self) -> list[WorkerProcess]:
+        return [w for w in self.workers if w.proc.returncode is None]
+
+    def _on_channel(self, worker: WorkerProcess) -> None:
+        messages = worker.channel.receive()
+        if messages is None:
+            # The worker closed its end: it is exiting. SIGCHLD tells when it is gone; until then stop listening.
+            self.loop.remove_reader(worker.channel.fileno())
+            worker.channel.close()
+            self.handle_chld()
+            return
+        for message, fds in messages:
+            for fd in fds:          # workers never send fds to the master
+                os.close(fd)
+            self._on_report(worker, message)
+
+    def _on_report(self, worker: WorkerProcess, message: dict) -> None:
+        op = message["op"]
+        if op == "ready":
+            worker.state = SERVING if worker.state == STARTING else worker.state
+            worker.ready_at = time.monotonic()
+            log.trace("main", f"worker pid={worker.pid} serving")
+            if not self.ever_ready:
+                self.ever_ready = True
+                sdnotify.ready()
+                daemon.report(self.status_fd, EXIT_OK)
+                self.status_fd = None
+        elif op == "draining":
+            worker.state = DRAINING
+        elif op == "listeners_closed":
+            keys = [k for k in message.get("keys", []) if isinstance(k, str)]
+            if self.quitting and all(w.state == DRAINING for w in self.live_workers()):
+                # Only when every worker let go of them is the kernel socket closed and a connect refused.
+                self.listeners.close(keys)
+        elif op == "reloaded":
+            if not message.get("ok"):
+                log.warn("main", f"worker pid={worker.pid} reload: {message.get('error')}")
+            worker.reload_pending = False
+            self._reload_progress()
+        elif op == "exiting":
+            log.trace("main", f"worker pid={worker.pid} is exiting, code {message.get('code')}")
+        else:
+            log.warn("main", f"unknown report {op!r} from worker pid={worker.pid}; ignored")
+
+    def handle_chld(self) -> None:
+        for worker in list(self.workers):
+            code = worker.proc.poll()
+            if code is not None:
+                self._on_exit(worker, code)
+
+    def _forget(self, worker: WorkerProcess) -> None:
+        if not worker.channel.closed:
+            self.loop.remove_reader(worker.channel.fileno())
+            worker.channel.close()
+        if worker in self.workers:
+            self.workers.remove(worker)
+
+    def _on_exit(self, worker: WorkerProcess, code: int) -> None:
+        self._forget(worker)
+        if worker.reload_pending:
+            worker.reload_pending = False
+            self._reload_progress()
+        if self.quitting:
+            log.trace("main", f"worker pid={worker.pid} quit ({describe_exit(code)})")
+            if not self.workers:
+                self.finish(EXIT_OK)
+            return
+        log.error("main", f"worker pid={worker.pid} exited unexpectedly ({describe_exit(code)})")
+        if not self.ever_ready:
+            log.error("main", "the first worker never served; giving up (see its log lines above)")
+            self.finish(EXIT_RUNTIME)
+            return
+        served = time.monotonic() - (worker.ready_at or worker.started_at)
+        if served >= BACKOFF_RESET_S:
+            self.backoff = BACKOFF_MIN_S
+        self._schedule_respawn(self.backoff)
+        self.backoff = min(self.backoff * 2, BACKOFF_MAX_S)
+
+    def _schedule_respawn(self, delay: float) -> None:
+        log.warn("main", f"starting a new worker in {delay:.1f}s; the listeners stay open meanwhile")
+        self._later(delay, self._respawn)
+
+    def _respawn(self) -> None:
+        if not self.quitting and not self.live_workers():
+            self.spawn()
+
+    # ----- signals ------------------------------------------------------------------------------------------
+
+    def handle_int(self) -> None:
+        self.fast_quit(signal.SIGINT)
+
+    def handle_term(self) -> None:
+        if self.config.force_grace_quit:
+            log.trace("main", f"force gracefully quit, signo={signal.SIGTERM.value}")
+            self.graceful_quit(signal.SIGTERM)
+        else:
+            self.fast_quit(signal.SIGTERM)
+
+    def handle_quit(self) -> None:
+        self.graceful_quit(signal.SIGQUIT)
+
+    def handle_hup(self) -> None:
+        self.reload()
+
+    def handle_usr1(self) -> None:
+        self.reopen()
+
+    def handle_usr2(self) -> None:
+        signo = signal.SIGUSR2.value
+        if self.quitting:
+            log.warn("main", f"sig={signo}, upgrade refused: a {self.quitting} quit is in progress")
+            return
+        log.warn("main", f"sig={signo}, upgrade is not available in this version; nothing changes")
+
+    # ----- quitting -----------------------------------------------------------------------------------------
+
+    def fast_quit(self, sig: signal.Signals) -> None:
+        if self.quitting == "fast":
+            return
+        log.trace("main", f"sig={sig.value}, user terminate program, fast quit")
+        if self.quitting is None:
+            sdnotify.stopping()
+        self.quitting = "fast"
+        for worker in self.live_workers():
+            worker.order("quit", graceful=False)
+        self.listeners.close_all()
+        if not self.live_workers():
+            self.finish(EXIT_OK)
+            return
+        self._later(FAST_QUIT_KILL_S, self._kill_workers, "fast quit")
+
+    def graceful_quit(self, sig: signal.Signals) -> None:
+        if self.quitting == "graceful":
+            log.trace("main", f"sig={sig.value}, graceful quit already in progress; ignored")
+            return
+        if self.quitting == "fast":
+            return
+        log.trace("main", f"sig={sig.value}, user start gracefully quit")
+        sdnotify.stopping()
+        self.quitting = "graceful"
+        workers = self.live_workers()
+        if not workers:
+            self.finish(EXIT_OK)
+            return
+        for worker in workers:
+            worker.order("quit", graceful=True)
+        config = self.config
+        if config.grace_max_wait:
+            bound = (config.grace_start_wait + config.grace_max_wait + config.grace_final_wait) / 1000
+            self._later(bound + GRACE_OVERRUN_S, self._kill_workers, "graceful quit overran grace_max_wait")
+
+    def _kill_workers(self, why: str) -> None:
+        for worker in self.live_workers():
+            log.warn("main", f"{why}: killing worker pid={worker.pid}")
+            worker.proc.kill()
+
+    # ----- reload and reopen --------------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        signo = signal.SIGHUP.value
+        if self.quitting:
+            log.warn("main", f"sig={signo}, reload refused: a {self.quitting} quit is in progress")
+            return
+        if self.reloading:
+            log.warn("main", f"sig={signo}, reload refused: the previous reload is not finished")
+            return
+        log.trace("main", f"reload config, signo={signo}")
+        sdnotify.reloading()
+        self.reloading = True
+        try:
+            new = load(self.path)
+        except ConfigError as e:
+            return self._reload_failed(f"reload failed, the old config keeps running: {e}")
+        except OSError as e:
+            return self._reload_failed(f"reload failed, the old config keeps running: cannot read {self.path}: "
+                                       f"{e.strerror}")
+        for warning in new.warnings:
+            log.warn("config", warning)
+        changes = diff(self.config, new)
+        for key in RESTART_ONLY:
+            if key in changes:
+                log.warn("main", f"reload: {key} changes only at a restart; it stays {changes[key][0]!r} until then")
+                setattr(new, key, changes[key][0])
+        try:
+            plan = self.listeners.plan(new)
+        except OSError as e:
+            return self._reload_failed(f"reload failed, the old config keeps running: cannot listen: {e}")
+        configure_logging(new)
+        self.config = new
+        log.trace("main", "reload changes: " + (", ".join(sorted(changes)) or "none"))
+        fds = [sock.fileno() for sock in plan.add.values()]
+        for worker in self.live_workers():
+            if worker.order("reload", fds, path=self.path, add=list(plan.add), remove=plan.remove):
+                worker.reload_pending = True
+        self.listeners.commit(plan)     # our copies of removed listeners close; the worker closes its own
+        if plan.changed:
+            log.trace("main", f"listeners now: {self.listeners.describe()}")
+        self.reload_id += 1
+        self._later(RELOAD_ACK_TIMEOUT_S, self._reload_timeout, self.reload_id)
+        self._reload_progress()
+
+    def _reload_failed(self, message: str) -> None:
+        log.error("main", message)
+        self.reloading = False
+        sdnotify.ready()
+
+    def _reload_progress(self) -> None:
+        if self.reloading and not any(w.reload_pending for w in self.workers):
+            self.reloading = False
+            log.trace("main", "reload config success")
+            sdnotify.ready()
+
+    def _reload_timeout(self, reload_id: int) -> None:
+        if self.reloading and reload_id == self.reload_id:
+            for worker in self.workers:
+                if worker.reload_pending:
+                    log.warn("main", f"worker pid={worker.pid} did not confirm the reload in time")
+                    worker.reload_pending = False
+            self._reload_progress()
+
+    def reopen(self) -> None:
+        log.reopen()
+        log.warn("main", f"reopen log file, signo={signal.SIGUSR1.value}")
+        for worker in self.live_workers():
+            worker.order("reopen")
+
+
+def run_master(config) -> int:
+    return Master(config).run()

@@ -1,0 +1,59 @@
+"""An edge's upstream across a handover to a new process: re-established, not handed over, without the edge's
+players noticing.
+
+The old edge process hands its source and its player (socket, session, position) to the new process, which
+has no upstream session for it. The new process pulls the stream again at once, and Resync joins the
+origin's answer (its GOP) onto the log the player is in: the player decodes on with no error, no repeated
+frame and no hole in its timeline.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from tests.helpers import (Server, assert_frames_match_timestamps, finish_player, publish_file, start_player,
+                           stop_proc, wait_for)
+
+pytestmark = pytest.mark.timeout(120)
+
+FRAME_S = 0.04          # the test file's 25 fps
+
+
+def test_edge_pull_is_re_established_after_a_handover_without_the_player_noticing(test_flv, tmp_path):
+    path = str(tmp_path / "handover.sock")
+    origin = Server().start()
+    body = f"cluster {{ mode remote; origin 127.0.0.1:{origin.rtmp_port}; }}"
+    old = Server(vhost_body=body, env={"NONSTOP_TEST_HANDOVER_TO": path}).start()
+    new = Server(vhost_body=body, args=("--takeover", path)).start()
+    publisher = publish_file(origin.rtmp_url(), test_flv)
+    try:
+        wait_for(lambda: "publish __defaultVhost__/live/livestream" in origin.log(), 15, what="publish")
+        player = start_player(old.rtmp_url(), 8)
+        wait_for(lambda: "edge change from 100 to state 101 (pull)." in old.log(), 15, what="the edge pull")
+        time.sleep(3)   # mid-stream
+        wait_for(lambda: os.path.exists(path), 10, what="the receiver's socket")
+        old.signal(signal.SIGUSR2)
+        wait_for(lambda: old.proc.poll() is not None, 15, what="the old process to exit")
+        assert "handed over __defaultVhost__/live/livestream: 1 conns" in old.log(), old.log()
+        wait_for(lambda: "re-establishing it" in new.log(), 5, what="the new process to pull again")
+        result = finish_player(player, 40)
+        assert result.returncode == 0, result.stderr
+        assert result.stderr.strip() == "", f"decode errors after the handover: {result.stderr}"
+        assert_frames_match_timestamps(result)
+        pts = result.video_pts()
+        assert pts == sorted(pts) and len(set(pts)) == len(pts), "a frame repeated"
+        step = max(b - a for a, b in zip(pts, pts[1:]))
+        print(f"player: {len(pts)} frames over {pts[-1] - pts[0]:.2f}s, largest step {step * 1000:.0f} ms; "
+              f"{new.log().count('edge pull __defaultVhost__/live/livestream: playing from')} new upstream")
+        assert step <= FRAME_S + 0.001, f"a hole in the video timeline: {step:.3f}s"
+        joined = [ln.split("] ", 1)[1] for ln in new.log().splitlines() if "joined the upstream session" in ln]
+        print("\n".join(joined))
+        assert joined, new.log()
+    finally:
+        stop_proc(publisher)
+        for server in (old, new, origin):
+            server.stop()
