@@ -18,7 +18,8 @@ from __future__ import annotations
 from nonstop import __version__
 from nonstop.api import procstat
 from nonstop.api.stats import CLIENT_TYPES, client_type
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, UnknownMetricFamily
+from nonstop.master.upgrade import RESULTS, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, UnknownMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
 # The keys of worker_totals(), which `worker.carried_totals` may also hold.
@@ -97,6 +98,7 @@ class NonstopCollector(Collector):
                                 value=1 if is_ready(worker) else 0)
         yield GaugeMetricFamily("nonstop_generation", "The worker generation serving (1, then +1 per upgrade).",
                                 value=getattr(worker, "generation", 1))
+        yield from upgrade_metrics(getattr(worker, "upgrade_info", None))
         yield from self._processes()
 
     def _processes(self):
@@ -117,6 +119,22 @@ class NonstopCollector(Collector):
             percent.add_metric(key, round(self.processes.cpu_fraction(pid) * 100, 2))
             memory.add_metric(key, sample.rss_bytes // BYTES_PER_KB)
         yield from (rss, cpu, percent, memory)
+
+
+def upgrade_metrics(info: dict | None):
+    """nonstop_upgrades_total{result} and the nonstop_handover_seconds histogram, as the master counts them (it
+    owns them: nonstop/master/upgrade.py) and tells its workers."""
+    info = info or {}
+    results = info.get("results") or {}
+    upgrades = CounterMetricFamily("nonstop_upgrades", "Upgrades by result: done, failed (the config check), "
+                                                       "rolled_back (the new worker failed).", labels=["result"])
+    for result in RESULTS:
+        upgrades.add_metric([result], int(results.get(result, 0)))
+    yield upgrades
+    hist = Histogram.from_dict(info.get("histogram"))
+    yield HistogramMetricFamily("nonstop_handover_seconds", "Per connection: from its quiesce to the new worker's "
+                                                            "acknowledgement.",
+                                buckets=hist.cumulative(), sum_value=hist.sum)
 
 
 def is_ready(worker) -> bool:

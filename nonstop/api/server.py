@@ -423,4 +423,5 @@ class ApiServer:
             "conn_sys_tw": socks["tcp_tw"], "conn_sys_udp": socks["udp_inuse"], "conn_srs": len(worker.conns),
         }
         ok = me is not None and bool(meminfo) and self.system_cpu.last is not None
-        return views.summaries_data(ok=ok, now_ms=now_ms, self_info=self_info, system=system)
+        return views.summaries_data(ok=ok, now_ms=now_ms, self_info=self_info, system=system,
+                                    upgrade=getattr(worker, "upgrade_info", None))

@@ -91,11 +91,26 @@ def version_data(version: str) -> dict:
     return {"major": parts[0], "minor": parts[1], "revision": parts[2], "version": version}
 
 
-def summaries_data(*, ok: bool, now_ms: int, self_info: Mapping, system: Mapping) -> dict:
+UPGRADE_KEYS = ("state", "reason", "started_ms", "finished_ms", "handed_over", "failed", "drained", "total_ms",
+                "worst_ms")
+
+
+def upgrade_json(info: Mapping | None) -> dict:
+    """nonstop's `data.upgrade`: the last upgrade as the master tells its workers (state `idle` before any)."""
+    info = info or {}
+    out = {key: info.get(key, 0) for key in UPGRADE_KEYS}
+    out["state"] = info.get("state", "idle")
+    out["reason"] = info.get("reason", "")
+    return out
+
+
+def summaries_data(*, ok: bool, now_ms: int, self_info: Mapping, system: Mapping,
+                   upgrade: Mapping | None = None) -> dict:
     """`data` of /api/v1/summaries. `self_info` holds version, pid, ppid, argv, cwd, mem_kbyte, mem_percent,
     cpu_percent, srs_uptime (and nonstop's generation); `system` the system's numbers. Percentages are
-    fractions (0.153 is 15.3%), as SRS prints them."""
-    return {"ok": ok, "now_ms": now_ms, "self": dict(self_info), "system": dict(system)}
+    fractions (0.153 is 15.3%), as SRS prints them. `upgrade` (nonstop's) is the last upgrade."""
+    return {"ok": ok, "now_ms": now_ms, "self": dict(self_info), "system": dict(system),
+            "upgrade": upgrade_json(upgrade)}
 
 
 # ----- vhosts, streams, clients -------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import os
 import socket
 import time
 
+from nonstop.api.metrics import worker_totals
 from nonstop.handover import wire
 from nonstop.log import log
 from nonstop.media.source import Source
@@ -34,6 +35,12 @@ class HandoverStats:
         self.drained = 0
         self.started = time.monotonic()
         self.worst_ms = 0.0
+        # Seconds from the start of each moved connection's quiesce to the receiver's acknowledgement.
+        self.per_conn_s: list[float] = []
+        # The receiver: the sender's running totals, for worker.carried_totals.
+        self.carried: dict | None = None
+        # The sender: why the socket broke (the receiver is gone), or "" if it did not.
+        self.broken = ""
 
     def as_dict(self) -> dict:
         return {"handed_over": self.handed_over, "failed": self.failed, "drained": self.drained,
@@ -50,27 +57,53 @@ def _recv_ack(sock: socket.socket) -> bytes:
 
 async def hand_over(worker, path: str) -> HandoverStats:
     """Send every source with its publisher and players to the worker listening on `path`."""
-    stats = HandoverStats()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     await _call(sock.connect, path)
+    return await hand_over_on(worker, sock)
+
+
+async def hand_over_on(worker, sock: socket.socket) -> HandoverStats:
+    """Send every source with its publisher and players, then the idle connections, on a connected (blocking)
+    UNIX stream socket; it is closed at the end."""
+    stats = HandoverStats()
+    sock.setblocking(True)
     try:
         for source in list(worker.registry.sources.values()):
+            if stats.broken:
+                break
             conns = [c for c in list(worker.conns.values()) if c.source is source and c.role and not c.closed]
             await _hand_over_stream(worker, sock, source, conns, stats)
         # RTMP connections with no stream yet (mid-handshake, or connected and idle) move too; their session
         # snapshot carries the handshake state. Refused ones finish closing here; HTTP requests in flight drain.
         idle = [c for c in list(worker.conns.values())
                 if c.kind == "rtmp" and not c.role and not c.closed and not c.close_reason]
-        await _hand_over_conns(sock, idle, stats)
-        await _call(wire.send_frame, sock, {"type": "done"}, [])
+        if not stats.broken:
+            await _hand_over_conns(sock, idle, stats)
+        if not stats.broken:
+            try:
+                await _call(wire.send_frame, sock, {"type": "done", "carried": _totals(worker)}, [])
+            except OSError as e:
+                stats.broken = f"cannot send the end of the handover: {e}"
     finally:
         sock.close()
     return stats
 
 
+def _totals(worker) -> dict:
+    """This worker's running totals (with what it carried itself) for the receiver to carry on: what moved was
+    already forgotten here without counting, and moved connections bring their own counters."""
+    try:
+        return worker_totals(worker)
+    except Exception as e:  # totals are a nicety; the handover must not fail for them
+        log.warn("handover", f"cannot count the totals to carry over: {e!r}")
+        return {}
+
+
 async def _quiesce(conns: list) -> tuple[list, list]:
     """Stop reading and feeding; wait (bounded) for each transport to empty. Returns (movable, stuck)."""
+    now = time.monotonic()
     for conn in conns:
+        conn.quiesced_at = now
         conn.begin_handover()
     deadline = time.monotonic() + QUIESCE_TIMEOUT_S
     while any(c.transport.get_write_buffer_size() for c in conns if not c.closed) and time.monotonic() < deadline:
@@ -93,7 +126,9 @@ async def _send_conns(sock, conns: list, stats: HandoverStats) -> None:
                 os.close(fd)   # the receiver has its own copies, or none: either way no FIN is sent
         if await _call(_recv_ack, sock) != ACK:
             raise wire.HandoverError("receiver refused the connections")
+        now = time.monotonic()
         for conn in batch:
+            stats.per_conn_s.append(now - getattr(conn, "quiesced_at", now))
             conn.finish_handover()
         stats.handed_over += len(batch)
 
@@ -109,6 +144,8 @@ async def _hand_over_stream(worker, sock, source: Source, conns: list, stats: Ha
         await _send_conns(sock, movable, stats)
     except (OSError, EOFError, wire.HandoverError) as e:
         log.warn("handover", f"handover of {source.key} failed, keeping it here: {e}")
+        if not isinstance(e, wire.HandoverError):
+            stats.broken = f"{e!r}"
         remaining = [c for c in movable if not c.closed]
         for conn in remaining + stuck:
             conn.cancel_handover()
@@ -135,6 +172,8 @@ async def _hand_over_conns(sock, conns: list, stats: HandoverStats) -> None:
         await _send_conns(sock, movable, stats)
     except (OSError, EOFError, wire.HandoverError) as e:
         log.warn("handover", f"handover of idle connections failed, keeping them here: {e}")
+        if not isinstance(e, wire.HandoverError):
+            stats.broken = f"{e!r}"
         remaining = [c for c in movable if not c.closed]
         for conn in remaining:
             conn.cancel_handover()
@@ -143,7 +182,6 @@ async def _hand_over_conns(sock, conns: list, stats: HandoverStats) -> None:
 
 async def take_over(worker, path: str) -> HandoverStats:
     """Listen on `path`, accept one sender and adopt what it sends until it says done."""
-    stats = HandoverStats()
     if os.path.exists(path):
         os.unlink(path)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -153,6 +191,14 @@ async def take_over(worker, path: str) -> HandoverStats:
         sock, _ = await _call(listener.accept)
     finally:
         listener.close()
+    return await take_over_on(worker, sock)
+
+
+async def take_over_on(worker, sock: socket.socket) -> HandoverStats:
+    """Adopt what the sender sends on a connected UNIX stream socket until it says done (or goes away: what
+    was not acknowledged is still the sender's). The socket is closed at the end."""
+    stats = HandoverStats()
+    sock.setblocking(True)
     try:
         while True:
             version, frame, fds = await _call(wire.recv_frame, sock)
@@ -165,6 +211,7 @@ async def take_over(worker, path: str) -> HandoverStats:
                 continue
             kind = frame.get("type")
             if kind == "done":
+                stats.carried = frame.get("carried") or {}
                 break
             adopted = 0
             try:

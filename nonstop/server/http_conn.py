@@ -21,7 +21,7 @@ from nonstop import SERVER_NAME
 from nonstop.log import log
 from nonstop.media.consumer import Consumer
 from nonstop.media.packet import FORMAT_FLV
-from nonstop.media.registry import new_id
+from nonstop.media.registry import new_id, source_key
 from nonstop.protocol import flv
 
 # A request head larger than this is refused: an FLV GET is a few hundred bytes (h11 picks 16 KiB too).
@@ -74,6 +74,8 @@ class HttpConnection(asyncio.Protocol):
         self.recv_bytes = 0
         self.handing_over = False
         self.restored: dict | None = None
+        self.wanted = None          # (method, vhost, app, stream) of a play waiting for a handover
+        self.waited = False
 
     # ----- asyncio callbacks -------------------------------------------------------------------------------
 
@@ -163,6 +165,10 @@ class HttpConnection(asyncio.Protocol):
             return  # answered by the origin cluster (302 or 404)
         now = time.monotonic()
         source = self.worker.registry.get(vhost.name, app, stream)
+        if (source is None or source.publisher is None) and not self.waited:
+            self.wanted = (method, vhost, app, stream)
+            if self.worker.wait_for_takeover(self):
+                return
         if source is None or source.publisher is None:
             log.trace(self.cid, f"flv play {vhost.name}/{app}/{stream}: not published, 404")
             self._respond(404, "Not Found")
@@ -187,6 +193,18 @@ class HttpConnection(asyncio.Protocol):
         self.consumer = Consumer(source, FORMAT_FLV, self)
         self.consumer.start(now)
         log.trace(self.cid, f"flv play {source.key} ip={self.ip}" + (f", query={self.query}" if self.query else ""))
+
+    @property
+    def wanted_key(self):
+        if self.wanted is None:
+            return None
+        _, vhost, app, stream = self.wanted
+        return source_key(vhost.name, app, stream)
+
+    def retry_play(self) -> None:
+        """After waiting for an upgrade's handover (worker.wait_for_takeover): play now, or 404."""
+        self.waited = True
+        self._play(*self.wanted)
 
     def on_source_unpublish(self) -> None:
         pass  # an FLV body has no status messages: the player waits for the next publisher's tags
@@ -256,7 +274,9 @@ class HttpConnection(asyncio.Protocol):
 
     def finish_handover(self) -> None:
         self.closed = True
+        self.handed_over = True
         self.consumer = None
+        self.worker.forget(self)
         self.transport.abort()
         log.trace(self.cid, "handed over to the new worker")
 

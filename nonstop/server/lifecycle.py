@@ -19,6 +19,7 @@ the master or the single process, keeps its own copies).
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import time
 
@@ -55,6 +56,10 @@ class Serving:
         self.quitting: str | None = None
         self._task: asyncio.Task | None = None
         self._done: asyncio.Future | None = None
+        # An upgrade's old worker: its listeners were let go of (duplicates kept here, by key, in case the
+        # handover breaks and it must serve again); its drain skips the grace start and final waits.
+        self._retired: dict[str, socket.socket] = {}
+        self.retiring = False
         worker.ready = False
         worker.draining = False
 
@@ -144,6 +149,46 @@ class Serving:
         self.worker.apply_config(config)
         await self.update_listeners(add, remove)
 
+    # ----- an upgrade's old worker ---------------------------------------------------------------------------
+
+    async def retire(self) -> None:
+        """Stop accepting on every listener, the API's included: the new worker serves the very same kernel
+        sockets. Duplicates are kept, so `unretire()` can serve them again if the handover breaks."""
+        kept: dict[str, socket.socket] = {}
+        for key, servers in self.servers.items():
+            for server in servers:
+                for sock in server.sockets or ():
+                    kept[key] = socket.socket(fileno=os.dup(sock.fileno()))
+        for key, sock in self.api_socks.items():
+            kept[key] = socket.socket(fileno=os.dup(sock.fileno()))
+        for key in list(self.servers):
+            for server in self.servers.pop(key):
+                self._close_server(server)
+        if self.api is not None:
+            try:
+                await self.api.set_sockets([])
+            except Exception as e:
+                log.warn("api", f"the HTTP API did not let go of its listeners: {e!r}")
+        for sock in self.api_socks.values():
+            sock.close()
+        self.api_socks.clear()
+        self._retired = kept
+        log.trace("main", f"stopped accepting on {', '.join(kept) or '(none)'}: the new worker serves them")
+
+    async def unretire(self) -> None:
+        """Serve the listeners again, after a broken handover."""
+        kept, self._retired = self._retired, {}
+        await self.update_listeners(kept, [])
+        log.trace("main", f"serving again: {self.describe()}")
+
+    def retire_done(self) -> None:
+        """The handover is over: drain what is left here, bounded by grace_max_wait, then exit."""
+        for sock in self._retired.values():
+            sock.close()
+        self._retired = {}
+        self.retiring = True
+        self.quit(graceful=True)
+
     # ----- quitting ----------------------------------------------------------------------------------------
 
     def quit(self, graceful: bool) -> None:
@@ -180,12 +225,12 @@ class Serving:
 
     async def _graceful(self) -> None:
         config = self.config
-        if config.grace_start_wait:
+        if config.grace_start_wait and not self.retiring:
             log.trace("main", f"still accepting for grace_start_wait={config.grace_start_wait} ms")
             await asyncio.sleep(config.grace_start_wait / 1000)
         self.close_media_listeners()
         await self._wait_for_conns(config.grace_max_wait)
-        if config.grace_final_wait:
+        if config.grace_final_wait and not self.retiring:
             log.trace("main", f"sleep grace_final_wait={config.grace_final_wait} ms")
             await asyncio.sleep(config.grace_final_wait / 1000)
         await self._shutdown()

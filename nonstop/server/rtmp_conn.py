@@ -285,7 +285,9 @@ class RtmpConnection(asyncio.Protocol):
     def finish_handover(self) -> None:
         """The receiver holds the socket now: close our fd only, so the client sees no FIN and no RST."""
         self.closed = True
+        self.handed_over = True
         self.consumer = None
+        self.worker.forget(self)
         self.transport.abort()
         log.trace(self.cid, "handed over to the new worker")
 

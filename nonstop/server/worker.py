@@ -53,6 +53,15 @@ class Worker:
         self.closed_recv_bytes = 0
         # Messages skipped for slow players whose play has ended (live players hold their own count).
         self.closed_dropped = 0
+        # Upgrades: this worker's generation and the master's view of the last upgrade (for the API), what an
+        # earlier worker counted (api/metrics.py), and the handover under way as the receiving worker.
+        self.generation = 1
+        self.upgrade_info: dict | None = None
+        self.carried_totals: dict = {}
+        self.taking_over = False
+        self.adopted_sources = 0
+        self.on_adopt_source = None     # test hook (worker_main: NONSTOP_TEST_UPGRADE_FAIL=handover)
+        self._waiting_flv: list = []
         self.apply_config(config)
         # Origin cluster and edge (nonstop/cluster): hooks in the connections, the sweep and stop.
         self.cluster = Cluster(self)
@@ -113,7 +122,8 @@ class Worker:
         return True
 
     def forget(self, conn) -> None:
-        if self.conns.pop(conn.cid, None) is conn:
+        if self.conns.pop(conn.cid, None) is conn and not getattr(conn, "handed_over", False):
+            # A handed-over connection's counters moved with it: the new worker counts them.
             self.closed_send_bytes += conn.send_bytes
             self.closed_recv_bytes += conn.recv_bytes
 
@@ -170,6 +180,9 @@ class Worker:
     # ----- handover ---------------------------------------------------------------------------------------
 
     def adopt_source(self, source) -> None:
+        self.adopted_sources += 1
+        if self.on_adopt_source is not None:
+            self.on_adopt_source(self.adopted_sources)
         existing = self.registry.sources.get(source.key)
         self.registry.adopt(source)
         if existing is not None:
@@ -179,6 +192,25 @@ class Worker:
                 consumer.source = source
                 consumer.start(now)
         self.cluster.adopt_source(source)   # an edge source: re-establish its upstream (nonstop/cluster)
+        self.retry_waiting_flv(source.key)
+
+    def wait_for_takeover(self, conn) -> bool:
+        """An HTTP-FLV play of a stream not here yet, while an upgrade's handover is under way: the stream may
+        be on its way, so the play waits for it (until the handover ends) instead of a 404."""
+        if not self.taking_over:
+            return False
+        self._waiting_flv.append(conn)
+        return True
+
+    def retry_waiting_flv(self, key=None) -> None:
+        waiting, self._waiting_flv = self._waiting_flv, []
+        for conn in waiting:
+            if conn.closed:
+                continue
+            if key is not None and conn.wanted_key != key:
+                self._waiting_flv.append(conn)
+                continue
+            conn.retry_play()
 
     async def adopt_connection(self, snap: dict, fd: int) -> None:
         sock = socket.socket(fileno=fd)

@@ -27,6 +27,9 @@ from nonstop.master.limits import raise_nofile_limit
 from nonstop.server.run import configure_logging
 from nonstop.server.worker import Worker
 
+# Test only: make an upgrade's new worker fail. "1": exit at start; "hang": never report ready; "handover": die
+# in the middle of the handover (after the first stream moved).
+UPGRADE_FAIL_ENV = "NONSTOP_TEST_UPGRADE_FAIL"
 # What the master handles; a worker must never die of, or act on, a signal meant for the master.
 MASTER_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
@@ -39,11 +42,24 @@ def run_worker(config) -> int:
         spec = json.loads(os.environ.pop(WORKER_ENV))
         channel = Channel(socket.socket(fileno=spec["control"]))
         listeners = {key: _inherited(fd) for key, fd in spec["listeners"]}
+        handover = spec.get("handover")
+        handover_sock = socket.socket(fileno=handover) if handover is not None else None
     except (KeyError, ValueError, TypeError, OSError) as e:
         log.error("worker", f"--worker is for the master to use: no usable {WORKER_ENV} ({e!r})")
         return 1
+    failure = os.environ.get(UPGRADE_FAIL_ENV, "")
+    if handover_sock is not None and failure == "1":
+        log.error("worker", f"{UPGRADE_FAIL_ENV}=1: this upgrade's new worker fails at start (test only)")
+        return 1
     raise_nofile_limit(config.max_connections)
-    return uvloop.run(WorkerProcess(config, channel).run(listeners))
+    process = WorkerProcess(config, channel)
+    process.worker.generation = int(spec.get("generation", 1))
+    process.worker.upgrade_info = spec.get("upgrade") or None
+    if handover_sock is not None and failure == "hang":
+        log.error("worker", f"{UPGRADE_FAIL_ENV}=hang: this upgrade's new worker never gets ready (test only)")
+        process.never_ready = True
+    process.crash_mid_handover = handover_sock is not None and failure == "handover"
+    return uvloop.run(process.run(listeners, handover_sock))
 
 
 def _inherited(fd: int) -> socket.socket:
@@ -62,13 +78,21 @@ class WorkerProcess:
         self.serving = Serving(self.worker, on_draining=lambda: channel.send("draining"),
                                on_listeners_closed=lambda keys: channel.send("listeners_closed", keys=keys))
         self._orders: asyncio.Queue = asyncio.Queue()
+        self.never_ready = False
+        self.crash_mid_handover = False
+        self._takeover: asyncio.Task | None = None
 
-    async def run(self, listeners: dict[str, socket.socket]) -> int:
+    async def run(self, listeners: dict[str, socket.socket], handover: socket.socket | None = None) -> int:
         loop = asyncio.get_running_loop()
         await self.serving.start(listeners)
         loop.add_reader(self.channel.fileno(), self._on_readable)
         orders = loop.create_task(self._carry_out_orders())
-        self.channel.send("ready", pid=os.getpid())
+        if handover is not None:
+            # The old worker sends only once the master saw us ready; until then this waits on the socket.
+            self.worker.taking_over = True
+            self._takeover = loop.create_task(self._take_over(handover))
+        if not self.never_ready:
+            self.channel.send("ready", pid=os.getpid())
         log.trace("worker", f"worker serving, pid={os.getpid()}, master={self.worker.master_pid}, "
                             f"listeners: {self.serving.describe()}")
         code = await self.serving.wait()
@@ -78,6 +102,47 @@ class WorkerProcess:
             self.channel.send("exiting", code=code)
             self.channel.close()
         return code
+
+    # ----- upgrade ------------------------------------------------------------------------------------------
+
+    async def _take_over(self, sock: socket.socket) -> None:
+        if self.crash_mid_handover:
+            self.worker.on_adopt_source = self._crash_on_second_source
+        try:
+            stats = await transfer.take_over_on(self.worker, sock)
+        finally:
+            self.worker.taking_over = False
+            self.worker.retry_waiting_flv()
+        if stats.carried:
+            self.worker.carried_totals = stats.carried
+        log.trace("worker", f"takeover done: {stats.handed_over} connections")
+        self.channel.send("taken_over", handed_over=stats.handed_over)
+
+    def _crash_on_second_source(self, count: int) -> None:
+        if count >= 2:
+            log.error("worker", f"{UPGRADE_FAIL_ENV}=handover: dying in the middle of the handover (test only)")
+            os._exit(3)
+
+    async def _hand_over(self, fds: list[int]) -> None:
+        """The master's order to an upgrade's old worker: stop accepting, hand everything over on the socket
+        that came with the order, then drain what is left (bounded by grace_max_wait) and exit."""
+        if len(fds) != 1 or self.serving.quitting is not None:
+            _close_fds(fds)
+            self.channel.send("handover_failed", error="no handover socket" if len(fds) != 1 else "quitting")
+            return
+        sock = socket.socket(fileno=fds[0])
+        self.channel.send("handover_started")
+        await self.serving.retire()
+        stats = await transfer.hand_over_on(self.worker, sock)
+        if stats.broken:
+            log.error("worker", f"the handover broke ({stats.broken}); serving again what was not moved")
+            await self.serving.unretire()
+            self.channel.send("handover_failed", error=stats.broken, stats=stats.as_dict(),
+                              per_conn=stats.per_conn_s)
+            return
+        log.trace("worker", f"handover done: {stats.as_dict()}")
+        self.channel.send("handed_over", stats=stats.as_dict(), per_conn=stats.per_conn_s)
+        self.serving.retire_done()
 
     # ----- orders ------------------------------------------------------------------------------------------
 
@@ -113,6 +178,14 @@ class WorkerProcess:
             log.trace("worker", "reopened the log file")
         elif op == "reload":
             await self._reload(message, fds)
+        elif op == "handover":
+            await self._hand_over(fds)
+        elif op == "upgrade_status":
+            _close_fds(fds)
+            if isinstance(message.get("generation"), int):
+                self.worker.generation = message["generation"]
+            if isinstance(message.get("upgrade"), dict):
+                self.worker.upgrade_info = message["upgrade"]
         else:
             _close_fds(fds)
             log.warn("worker", f"unknown order {op!r} from the master; ignored")

@@ -179,4 +179,7 @@ def test_paging_defaults_to_srs_count_of_10_and_reads_garbage_as_missing():
 
 def test_summaries_data_has_srs_shape():
     out = views.summaries_data(ok=True, now_ms=5, self_info={"pid": 1, "generation": 1}, system={"cpus": 2})
+    upgrade = out.pop("upgrade")
     assert out == {"ok": True, "now_ms": 5, "self": {"pid": 1, "generation": 1}, "system": {"cpus": 2}}
+    assert upgrade["state"] == "idle" and upgrade["handed_over"] == 0 and set(upgrade) >= {
+        "state", "started_ms", "finished_ms", "handed_over", "failed", "drained", "total_ms", "worst_ms"}
