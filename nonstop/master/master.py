@@ -656,7 +656,11 @@ class Master:
             new.candidate = False
             new.discarded = True
         self.generation = old.generation
-        self._end_upgrade(up.ROLLED_BACK, why)
+        if self.upgrade.in_flight:
+            self._end_upgrade(up.ROLLED_BACK, why)
+        else:
+            log.warn("main", why)
+            self._push_upgrade()     # the figures of an upgrade already rolled back (its new worker exited)
 
     def _rollback(self, new: WorkerProcess, why: str) -> None:
         new.candidate = False
