@@ -99,7 +99,8 @@ def assert_every_frame_once(result: PlayResult, frame_s: float = 0.04, what: str
 
 def start_bench(url: str, players: int, churn: float, duration: float, hole_ms: float = 60) -> subprocess.Popen:
     args = nonstop_cmd("bench", url, "--players", str(players), "--churn", str(churn), "--duration", str(duration),
-                       "--warmup", "1", "--hole-ms", str(hole_ms), "--stall-threshold", "0.5", "--json")
+                       "--warmup", "1", "--hole-ms", str(hole_ms), "--stall-threshold", "0.5",
+                       "--rcvlowat", "0", "--json")
     return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 
