@@ -6,7 +6,7 @@
 | quit, grace | SIGQUIT | graceful quit (`grace` is SRS's init-script verb) |
 | reload | SIGHUP | re-read the config |
 | reopen | SIGUSR1 | reopen the log file |
-| upgrade | SIGUSR2 | upgrade (not available yet: the master logs so and keeps running) |
+| upgrade | SIGUSR2 | zero-downtime upgrade to the code on disk (nonstop/master/master.py) |
 
 Exit codes follow the CLI's: 0 sent, 2 unknown verb, 3 config error, 5 no pid file or no such process, 1 other.
 """
