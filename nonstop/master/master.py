@@ -24,7 +24,8 @@ Upgrade (SIGUSR2), one at a time; its plain state is nonstop/master/upgrade.py:
 3. A new worker starts on the same listening sockets, with one end of a fresh UNIX socketpair for the handover.
    If it exits or is not ready within `upgrade_timeout`, it is killed and the old worker serves on (rollback).
 4. Once it is ready, the old worker gets the other end with a `handover` order: it stops accepting, hands over
-   everything it can, reports the figures, drains the rest (bounded by grace_max_wait) and exits. READY=1.
+   everything it can, reports the figures, drains the rest (bounded by grace_max_wait) and exits. READY=1 once
+   the upgrade is over, whatever its result.
 """
 
 from __future__ import annotations
@@ -621,7 +622,6 @@ class Master:
         for extra in old[1:]:       # only one serves at a time; anything else just drains
             extra.order("quit", graceful=True)
         log.trace("main", f"upgrade: worker pid={new.pid} ready; worker pid={retiring.pid} hands over to it")
-        sdnotify.ready()
 
     def _handover_start_timeout(self, old: WorkerProcess, new: WorkerProcess) -> None:
         if self.upgrade.state == up.HANDING_OVER and not old.handover_started and new.candidate:

@@ -235,6 +235,15 @@ def test_socket_activation_and_sd_notify():
         assert abs(time.clock_gettime(time.CLOCK_MONOTONIC) - usec / 1e6) < 10, "CLOCK_MONOTONIC, in µs"
         assert receive_notification(notify) == "READY=1"
 
+        # An upgrade: the master re-execs in place, so systemd's main pid and the activated socket stay.
+        pid = server.proc.pid
+        assert server.ctl("upgrade").returncode == 0
+        reloading = receive_notification(notify).split("\n")
+        assert reloading[0] == "RELOADING=1" and reloading[1].startswith("MONOTONIC_USEC="), reloading
+        assert receive_notification(notify) == "READY=1"
+        server.wait_log("upgrade done")
+        assert server.proc.pid == pid and server.proc.poll() is None and rtmp_connect_ok(server.rtmp_port)
+
         server.signal(signal.SIGQUIT)
         assert receive_notification(notify) == "STOPPING=1"
         assert server.proc.wait(10) == 0

@@ -30,6 +30,10 @@ def long_flv(media_dir):
     return make_test_flv(media_dir / "upgrade-40s.flv", seconds=40)
 
 
+def metric(text: str, name: str) -> float:
+    return next(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
+
+
 def _wait_publish(server, name: str = "livestream") -> None:
     wait_for(lambda: f"publish __defaultVhost__/live/{name}," in server.log(), 15, what=f"publish {name}")
 
@@ -47,6 +51,7 @@ def test_three_upgrades_under_load_move_every_connection_without_a_lost_frame(lo
         bench = start_bench(server.rtmp_url(), players=50, churn=100, duration=20)
         wait_for(lambda: all(p.playing() for p in players), 20, what="the ffmpeg players to play")
         wait_for(lambda: server.log().count(f"play {STREAM}") >= 52, 20, what="the bench players to play")
+        accepted = metric(server.metrics(), "nonstop_connections_accepted_total")
         took = []
         for n in (1, 2, 3):
             frames = len(players[0].arrivals)
@@ -80,6 +85,8 @@ def test_three_upgrades_under_load_move_every_connection_without_a_lost_frame(lo
         assert summary["self"]["generation"] == generation + 3
         assert summary["upgrade"]["state"] == "done" and summary["upgrade"]["handed_over"] >= 55
         assert 'nonstop_upgrades_total{result="done"} 3.0' in metrics
+        assert metric(metrics, "nonstop_connections_accepted_total") >= accepted + churn["ok"], \
+            "the counters carried over the upgrades"
         assert server.proc.poll() is None and server.proc.pid == master_pid == server.master_pid_in_file()
         wait_for(lambda: len(server.live_worker_pids()) == 1, 10, what="the old workers to exit")
         assert server.log().count("re-executing the master in place") == 3
@@ -148,6 +155,10 @@ def test_an_unknown_handover_schema_leaves_the_connections_draining_on_the_old_w
         for i, p in enumerate(players):
             assert_every_frame_once(p.finish(30), what=f"player {i}")
         assert process_alive(old[0]), "the old worker drains its publisher"
+        # Back to back: another upgrade while the first old worker still drains its leftovers.
+        server.upgrade(2)
+        assert server.summaries()["self"]["generation"] == 3 and server.log().count("upgrade done") == 2
+        assert process_alive(old[0]), "still draining"
         stop_proc(publisher)
         wait_for(lambda: not process_alive(old[0]), 10, what="the old worker to exit once drained")
     finally:
