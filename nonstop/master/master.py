@@ -503,6 +503,9 @@ class Master:
         if self.reloading:
             log.warn("main", f"sig={signo}, upgrade refused: a reload is not finished")
             return
+        if not any(w.state == SERVING for w in self.live_workers()):
+            log.warn("main", f"sig={signo}, upgrade refused: no worker serves yet")
+            return
         log.trace("main", f"sig={signo}, upgrade: checking the config with the code on disk")
         self.upgrade.begin(self._now_ms())
         sdnotify.reloading()

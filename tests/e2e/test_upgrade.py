@@ -200,3 +200,22 @@ def test_killing_the_new_worker_mid_handover_leaves_what_did_not_move_playing_on
         if second is not None:
             stop_proc(second)
         server.stop()
+
+
+def test_an_upgrade_whose_config_check_fails_stops_there():
+    server = UpgradeServer().start()
+    try:
+        server.wait_log("worker serving")
+        workers = server.live_worker_pids()
+        server.conf_path.write_text(server.config_text() + "\nno_such_directive on;\n")
+        assert server.ctl("upgrade").returncode == 3, "`-s upgrade` reads the config first, like `-s reload`"
+        server.signal(signal.SIGUSR2)
+        server.wait_log("upgrade failed")
+        upgrade = server.summaries()["upgrade"]
+        print(f"config check failed: {upgrade}")
+        assert upgrade["state"] == "failed" and "config check" in upgrade["reason"], upgrade
+        assert "re-executing" not in server.log() and server.live_worker_pids() == workers
+        assert rtmp_connect_ok(server.rtmp_port)
+        assert 'nonstop_upgrades_total{result="failed"} 1.0' in server.metrics()
+    finally:
+        server.stop()
