@@ -105,6 +105,7 @@ def _players(players, rates, stream_kbps, ttffs, delivered, opts) -> dict:
         "ttff_ms": summary(ttffs, 1000),
         "never_played": len(players) - len(ttffs),
         "stalls": {"max_gap_ms": _ms(max((p["max_gap"] for p in players), default=None)),
+                   "median_max_gap_ms": _ms(statistics.median(p["max_gap"] for p in players) if players else None),
                    "threshold_ms": _ms(opts.stall_threshold),
                    "count": sum(p["stalls"] for p in players),
                    "players": sum(1 for p in players if p["stalls"])},

@@ -394,6 +394,11 @@ class Master:
             self._rollback(worker, f"the new worker pid={worker.pid} exited ({describe_exit(code)})")
             return
         if worker.state == RETIRING and not self.quitting:
+            if self.upgrade.state == up.HANDING_OVER:
+                # It died before reporting: what it had handed over is served by the new worker, the rest is lost.
+                log.error("main", f"old worker pid={worker.pid} exited ({describe_exit(code)}) during its handover")
+                self._finish_handover(next((w for w in self.workers if w.candidate), None))
+                return
             log.trace("main", f"old worker pid={worker.pid} (generation {worker.generation}) exited "
                               f"({describe_exit(code)}) after its handover")
             return
