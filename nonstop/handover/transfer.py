@@ -67,6 +67,10 @@ async def hand_over_on(worker, sock: socket.socket) -> HandoverStats:
     UNIX stream socket; it is closed at the end."""
     stats = HandoverStats()
     sock.setblocking(True)
+    # Connections with no stream yet stop reading first: one must not start playing or publishing here a
+    # stream that has already moved (a player of an empty new source, a split brain). They move last.
+    for conn in _idle(worker):
+        conn.begin_handover()
     try:
         for source in list(worker.registry.sources.values()):
             if stats.broken:
@@ -75,10 +79,8 @@ async def hand_over_on(worker, sock: socket.socket) -> HandoverStats:
             await _hand_over_stream(worker, sock, source, conns, stats)
         # RTMP connections with no stream yet (mid-handshake, or connected and idle) move too; their session
         # snapshot carries the handshake state. Refused ones finish closing here; HTTP requests in flight drain.
-        idle = [c for c in list(worker.conns.values())
-                if c.kind == "rtmp" and not c.role and not c.closed and not c.close_reason]
         if not stats.broken:
-            await _hand_over_conns(sock, idle, stats)
+            await _hand_over_conns(sock, _idle(worker), stats)
         if not stats.broken:
             try:
                 await _call(wire.send_frame, sock, {"type": "done", "carried": _totals(worker)}, [])
@@ -86,7 +88,15 @@ async def hand_over_on(worker, sock: socket.socket) -> HandoverStats:
                 stats.broken = f"cannot send the end of the handover: {e}"
     finally:
         sock.close()
+        for conn in _idle(worker):      # whatever did not move goes on here
+            if conn.handing_over:
+                conn.cancel_handover()
     return stats
+
+
+def _idle(worker) -> list:
+    return [c for c in list(worker.conns.values())
+            if c.kind == "rtmp" and not c.role and not c.closed and not c.close_reason]
 
 
 def _totals(worker) -> dict:
