@@ -1,0 +1,248 @@
+"""The master's upgrade sequence (SIGUSR2), a part of the Master class kept in its own file.
+
+Upgrade (SIGUSR2), one at a time; its plain state is nonstop/master/upgrade.py:
+1. `nonstop -t` runs with the code now on disk, bounded by CHECK_TIMEOUT_S; a failure ends the upgrade there.
+2. The master re-execs itself in place (`os.execve`, the same pid): its listeners, its pid file's fd (so its
+   lock) and its workers' control channels are made inheritable and named in STATE_ENV; signals are blocked
+   across the exec (the mask survives it) and unblocked once the new image handles them. RELOADING=1 then.
+3. A new worker starts on the same listening sockets, with one end of a fresh UNIX socketpair for the handover.
+   If it exits or is not ready within `upgrade_timeout`, it is killed and the old worker serves on (rollback).
+4. Once it is ready, the old worker gets the other end with a `handover` order: it stops accepting, hands over
+   everything it can, reports the figures, drains the rest (bounded by grace_max_wait) and exits. READY=1 once
+   the upgrade is over, whatever its result.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from nonstop.log import log
+from nonstop.master import sdnotify
+from nonstop.master import upgrade as up
+from nonstop.master.channel import Channel
+from nonstop.master.workers import RETIRING, SERVING, AdoptedChild, WorkerProcess
+
+# `nonstop -t` is a config parse; 30 s is room for a loaded host, far from an upgrade_timeout's scale.
+CHECK_TIMEOUT_S = 30.0
+# The old worker confirms a handover order at once; one that did not within this does not know the order.
+HANDOVER_START_TIMEOUT_S = 5.0
+# Signals that must not hit the master between its execve and the new image's handlers: blocked before, and
+# delivered once the new image unblocks them.
+EXEC_BLOCKED = {signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
+                signal.SIGCHLD}
+
+
+class Upgrading:
+    """Mixed into Master: it uses the master's workers, listeners, pid file, config, timers and spawn()."""
+
+    def _now_ms(self) -> int:
+        return int(time.time() * 1000)
+
+    def start_upgrade(self) -> None:
+        signo = signal.SIGUSR2.value
+        if self.quitting:
+            log.warn("main", f"sig={signo}, upgrade refused: a {self.quitting} quit is in progress")
+            return
+        if self.upgrade.in_flight:
+            log.warn("main", f"sig={signo}, upgrade refused: the previous upgrade is still {self.upgrade.state}")
+            return
+        if self.reloading:
+            log.warn("main", f"sig={signo}, upgrade refused: a reload is not finished")
+            return
+        if not any(w.state == SERVING for w in self.live_workers()):
+            log.warn("main", f"sig={signo}, upgrade refused: no worker serves yet")
+            return
+        log.trace("main", f"sig={signo}, upgrade: checking the config with the code on disk")
+        self.upgrade.begin(self._now_ms())
+        sdnotify.reloading()
+        self._push_upgrade()
+        self.loop.create_task(self._upgrade())
+
+    async def _upgrade(self) -> None:
+        ok, why = await self.loop.run_in_executor(None, self._check_new_code)
+        if not ok:
+            self._end_upgrade(up.FAILED, f"the config check with the new code failed: {why}")
+            return
+        self.upgrade.advance(up.REEXEC)
+        self._reexec()          # returns only if the execve failed
+        self._start_new_worker()
+
+    def _check_new_code(self) -> tuple[bool, str]:
+        args = [sys.executable, "-m", "nonstop.cli", "-t"]
+        if self.path is not None:
+            args += ["-c", self.path]
+        try:
+            result = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                    timeout=CHECK_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            return False, f"`nonstop -t` took more than {CHECK_TIMEOUT_S:.0f}s"
+        except OSError as e:
+            return False, f"cannot run `nonstop -t`: {e}"
+        if result.returncode != 0:
+            lines = (result.stderr or result.stdout).strip().splitlines()
+            return False, lines[0] if lines else f"exit code {result.returncode}"
+        return True, ""
+
+    def _reexec(self) -> None:
+        """execve the code on disk in place. Everything that must survive is made inheritable and named in the
+        environment; the workers are not told (their channels simply go on in the new image)."""
+        workers = self.live_workers()
+        state = up.encode_state(
+            listeners=[(key, sock.fileno()) for key, sock in self.listeners.items()],
+            pidfile_fd=self.pidfile.fd if self.pidfile else None, pid=os.getpid(),
+            workers=[{"pid": w.pid, "channel": w.channel.fileno(), "state": w.state,
+                      "generation": w.generation} for w in workers if not w.channel.closed],
+            generation=self.generation, upgrade=self.upgrade, ever_ready=self.ever_ready)
+        fds = [sock.fileno() for _, sock in self.listeners.items()] + \
+              [w.channel.fileno() for w in workers if not w.channel.closed]
+        if self.pidfile and self.pidfile.fd is not None:
+            fds.append(self.pidfile.fd)
+        env = dict(os.environ)
+        env[up.STATE_ENV] = state
+        if self.path is None:
+            env.pop("NONSTOP_CONF", None)
+        args = [sys.executable, "-m", "nonstop.cli", *sys.argv[1:]]
+        log.trace("main", f"upgrade: re-executing the master in place: {' '.join(args)}")
+        signal.pthread_sigmask(signal.SIG_BLOCK, EXEC_BLOCKED)
+        try:
+            for fd in fds:
+                os.set_inheritable(fd, True)
+            os.execve(sys.executable, args, env)
+        except OSError as e:
+            for fd in fds:
+                try:
+                    os.set_inheritable(fd, False)
+                except OSError:
+                    pass
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, EXEC_BLOCKED)
+            log.error("main", f"upgrade: cannot re-execute the master ({e}); it goes on with its old code")
+
+    def _adopt_workers(self, workers: list[dict]) -> None:
+        for info in workers:
+            sock = socket.socket(fileno=info["channel"])
+            sock.set_inheritable(False)
+            worker = WorkerProcess(AdoptedChild(info["pid"]), Channel(sock), int(info.get("generation", 1)))
+            worker.state = info.get("state", SERVING)
+            worker.ready_at = time.monotonic()
+            self.workers.append(worker)
+            self.loop.add_reader(worker.channel.fileno(), self._on_channel, worker)
+            log.trace("main", f"adopted worker pid={worker.pid} (generation {worker.generation}, {worker.state})")
+
+    def _start_new_worker(self) -> None:
+        self.upgrade.advance(up.STARTING)
+        self._push_upgrade()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        new = self.spawn(handover=theirs)
+        theirs.close()
+        if new is None:
+            ours.close()
+            self._end_upgrade(up.ROLLED_BACK, "the new worker could not be started")
+            return
+        new.candidate = True
+        new.handover_end = ours
+        log.trace("main", f"upgrade: new worker pid={new.pid} (generation {new.generation}) starting, "
+                          f"upgrade_timeout={self.config.upgrade_timeout} ms")
+        self._later(self.config.upgrade_timeout / 1000, self._upgrade_timeout, new)
+
+    def _upgrade_timeout(self, new: WorkerProcess) -> None:
+        if new.candidate and self.upgrade.state == up.STARTING and new.proc.poll() is None:
+            new.proc.kill()
+            self._rollback(new, f"the new worker pid={new.pid} was not ready within upgrade_timeout="
+                                f"{self.config.upgrade_timeout} ms; killed it")
+
+    def _new_worker_ready(self, new: WorkerProcess) -> None:
+        if self.upgrade.state != up.STARTING:
+            return
+        old = [w for w in self.live_workers() if w is not new and w.state == SERVING]
+        self.upgrade.advance(up.HANDING_OVER)
+        self.generation = new.generation
+        if not old:
+            self._finish_handover(new)
+            return
+        retiring = old[0]
+        end, new.handover_end = new.handover_end, None
+        sent = retiring.order("handover", [end.fileno()])
+        end.close()
+        if not sent:
+            self._finish_handover(new)
+            return
+        retiring.state = RETIRING
+        self._later(HANDOVER_START_TIMEOUT_S, self._handover_start_timeout, retiring, new)
+        for extra in old[1:]:       # only one serves at a time; anything else just drains
+            extra.order("quit", graceful=True)
+        log.trace("main", f"upgrade: worker pid={new.pid} ready; worker pid={retiring.pid} hands over to it")
+
+    def _handover_start_timeout(self, old: WorkerProcess, new: WorkerProcess) -> None:
+        if self.upgrade.state == up.HANDING_OVER and not old.handover_started and new.candidate:
+            # An old worker that does not know the order (a build before upgrades) ignores it.
+            old.state = SERVING
+            self._rollback(new, f"the old worker pid={old.pid} did not start the handover within "
+                                f"{HANDOVER_START_TIMEOUT_S:.0f}s")
+
+    def _handed_over(self, old: WorkerProcess, message: dict) -> None:
+        stats = message.get("stats") or {}
+        self.upgrade.handover_stats(stats, [s for s in message.get("per_conn") or [] if isinstance(s, (int, float))])
+        new = next((w for w in self.workers if w.candidate), None)
+        log.trace("main", f"upgrade: worker pid={old.pid} handed over: {stats}")
+        self._finish_handover(new)
+
+    def _finish_handover(self, new: WorkerProcess | None) -> None:
+        if new is not None:
+            new.candidate = False
+            if new.handover_end is not None:
+                new.handover_end.close()
+                new.handover_end = None
+        self._end_upgrade(up.DONE, "")
+
+    def _handover_failed(self, old: WorkerProcess, message: dict) -> None:
+        old.state = SERVING
+        self.upgrade.handover_stats(message.get("stats") or {}, message.get("per_conn") or [])
+        new = next((w for w in self.workers if w.candidate), None)
+        why = f"the handover broke: {message.get('error')}; worker pid={old.pid} serves on"
+        if new is not None and new.proc.poll() is None:
+            new.proc.kill()
+        if new is not None:
+            new.candidate = False
+            new.discarded = True
+        self.generation = old.generation
+        if self.upgrade.in_flight:
+            self._end_upgrade(up.ROLLED_BACK, why)
+        else:
+            log.warn("main", why)
+            self._push_upgrade()     # the figures of an upgrade already rolled back (its new worker exited)
+
+    def _rollback(self, new: WorkerProcess, why: str) -> None:
+        new.candidate = False
+        new.discarded = True
+        if new.handover_end is not None:
+            new.handover_end.close()
+            new.handover_end = None
+        if new.proc.poll() is None:
+            new.proc.kill()
+        if self.upgrade.state == up.HANDING_OVER:
+            # The old worker notices the broken socket itself and serves on (handover_failed follows).
+            self.generation = new.generation - 1
+        self._end_upgrade(up.ROLLED_BACK, f"{why}; the old worker keeps serving")
+
+    def _end_upgrade(self, result: str, why: str) -> None:
+        if not self.upgrade.in_flight:
+            return
+        self.upgrade.finish(result, self._now_ms(), why)
+        u = self.upgrade
+        if result == up.DONE:
+            log.trace("main", f"upgrade done: generation {self.generation}, handed_over={u.handed_over}, "
+                              f"failed={u.failed}, drained={u.drained}, total_ms={u.total_ms:.1f}, "
+                              f"worst_ms={u.worst_ms:.1f}")
+        else:
+            log.error("main", f"upgrade {result}: {why}")
+        sdnotify.ready()
+        self._push_upgrade()
+
+    def _push_upgrade(self) -> None:
+        for worker in self.live_workers():
+            worker.order("upgrade_status", upgrade=self.upgrade.to_dict())
