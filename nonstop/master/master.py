@@ -314,13 +314,20 @@ class Master(Upgrading):
         if worker.reload_pending:
             worker.reload_pending = False
             self._reload_progress()
+        if self.quitting:
+            if worker.candidate and self.upgrade.in_flight:
+                self._rollback(worker, "the service quits")
+            log.trace("main", f"worker pid={worker.pid} quit ({describe_exit(code)})")
+            if not self.workers:
+                self.finish(EXIT_OK)
+            return
         if worker.discarded:
             log.trace("main", f"discarded new worker pid={worker.pid} exited ({describe_exit(code)})")
             return
         if worker.candidate and self.upgrade.in_flight:
             self._rollback(worker, f"the new worker pid={worker.pid} exited ({describe_exit(code)})")
             return
-        if worker.state == RETIRING and not self.quitting:
+        if worker.state == RETIRING:
             if self.upgrade.state == up.HANDING_OVER:
                 # It died before reporting: what it had handed over is served by the new worker, the rest is lost.
                 log.error("main", f"old worker pid={worker.pid} exited ({describe_exit(code)}) during its handover")
@@ -328,11 +335,6 @@ class Master(Upgrading):
                 return
             log.trace("main", f"old worker pid={worker.pid} (generation {worker.generation}) exited "
                               f"({describe_exit(code)}) after its handover")
-            return
-        if self.quitting:
-            log.trace("main", f"worker pid={worker.pid} quit ({describe_exit(code)})")
-            if not self.workers:
-                self.finish(EXIT_OK)
             return
         log.error("main", f"worker pid={worker.pid} exited unexpectedly ({describe_exit(code)})")
         if not self.ever_ready:
@@ -428,6 +430,9 @@ class Master(Upgrading):
             return
         if self.reloading:
             log.warn("main", f"sig={signo}, reload refused: the previous reload is not finished")
+            return
+        if self.upgrade.in_flight:
+            log.warn("main", f"sig={signo}, reload refused: an upgrade is {self.upgrade.state}")
             return
         log.trace("main", f"reload config, signo={signo}")
         sdnotify.reloading()

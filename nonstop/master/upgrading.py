@@ -68,6 +68,9 @@ class Upgrading:
         if not ok:
             self._end_upgrade(up.FAILED, f"the config check with the new code failed: {why}")
             return
+        if self.quitting:
+            self._end_upgrade(up.FAILED, f"a {self.quitting} quit started during the config check")
+            return
         self.upgrade.advance(up.REEXEC)
         self._reexec()          # returns only if the execve failed
         self._start_new_worker()

@@ -11,7 +11,7 @@ import signal
 import pytest
 
 from tests.e2e.ops_helpers import connect_refused, http_status, process_alive, rtmp_connect_ok
-from tests.e2e.upgrade_helpers import (TimedPlayer, UpgradeServer, assert_every_frame_once, finish_bench,
+from tests.e2e.upgrade_helpers import (ReadyzWatch, TimedPlayer, UpgradeServer, assert_every_frame_once, finish_bench,
                                        start_bench)
 from tests.helpers import make_test_flv, publish_file, stop_proc, wait_for
 
@@ -52,6 +52,7 @@ def test_three_upgrades_under_load_move_every_connection_without_a_lost_frame(lo
         wait_for(lambda: all(p.playing() for p in players), 20, what="the ffmpeg players to play")
         wait_for(lambda: server.log().count(f"play {STREAM}") >= 52, 20, what="the bench players to play")
         accepted = metric(server.metrics(), "nonstop_connections_accepted_total")
+        readyz = ReadyzWatch(server.api("/readyz")).start()
         took = []
         for n in (1, 2, 3):
             frames = len(players[0].arrivals)
@@ -59,6 +60,7 @@ def test_three_upgrades_under_load_move_every_connection_without_a_lost_frame(lo
             took.append(server.upgrade(n))
             assert server.log().count("upgrade done") == n, server.log()[-4000:]
             print(f"upgrade {n}: {server.summaries()['upgrade']} (signal to done {took[-1]:.2f}s)")
+        readyz.stop.set()
         results = [p.finish(40) for p in players]
         report = finish_bench(bench, 40)
         gaps = [p.worst_gap() for p in players]
@@ -90,6 +92,8 @@ def test_three_upgrades_under_load_move_every_connection_without_a_lost_frame(lo
         assert server.proc.poll() is None and server.proc.pid == master_pid == server.master_pid_in_file()
         wait_for(lambda: len(server.live_worker_pids()) == 1, 10, what="the old workers to exit")
         assert server.log().count("re-executing the master in place") == 3
+        print(f"/readyz during the upgrades: {readyz.codes}")
+        assert set(readyz.codes) == {200} and readyz.codes[200] > 20, readyz.codes
     finally:
         for p in players:
             if p.proc and p.proc.poll() is None:

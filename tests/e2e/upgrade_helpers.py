@@ -10,7 +10,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 
-from tests.e2e.ops_helpers import OpsServer, process_alive
+from tests.e2e.ops_helpers import OpsServer, http_status, process_alive
 from tests.helpers import FFMPEG, PlayResult, nonstop_cmd, parse_framecrc, wait_for
 
 
@@ -109,3 +109,23 @@ def finish_bench(proc: subprocess.Popen, timeout: float) -> dict:
     out, err = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, f"bench failed: {err[-2000:]}"
     return json.loads(out)
+
+
+class ReadyzWatch(threading.Thread):
+    """GET /readyz every 50 ms (a fresh connection each time, as a probe does), counting the answers by status
+    (None: nothing answered)."""
+
+    def __init__(self, url: str):
+        super().__init__(daemon=True)
+        self.url = url
+        self.codes: dict = {}
+        self.stop = threading.Event()
+
+    def start(self) -> "ReadyzWatch":
+        super().start()
+        return self
+
+    def run(self) -> None:
+        while not self.stop.wait(0.05):
+            code = http_status(self.url)
+            self.codes[code] = self.codes.get(code, 0) + 1
