@@ -13,7 +13,7 @@ import pytest
 from tests.e2e.ops_helpers import connect_refused, http_status, process_alive, rtmp_connect_ok
 from tests.e2e.upgrade_helpers import (ReadyzWatch, TimedPlayer, UpgradeServer, assert_every_frame_once, finish_bench,
                                        start_bench)
-from tests.helpers import make_test_flv, publish_file, stop_proc, wait_for
+from tests.helpers import make_test_flv, publish_file, run_nonstop, stop_proc, wait_for
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -90,6 +90,8 @@ def test_three_upgrades_under_load_move_every_connection_without_a_lost_frame(lo
         assert metric(metrics, "nonstop_connections_accepted_total") >= accepted + churn["ok"], \
             "the counters carried over the upgrades"
         assert server.proc.poll() is None and server.proc.pid == master_pid == server.master_pid_in_file()
+        second = run_nonstop("-c", str(server.conf_path), timeout=20)
+        assert second.returncode == 4, "the re-executed master still holds the pid file's lock"
         wait_for(lambda: len(server.live_worker_pids()) == 1, 10, what="the old workers to exit")
         assert server.log().count("re-executing the master in place") == 3
         print(f"/readyz during the upgrades: {readyz.codes}")
