@@ -147,6 +147,10 @@ async def _hand_over_stream(worker, sock, source: Source, conns: list, stats: Ha
     """One stream at a message boundary: its source first, then its publisher and players together."""
     started = time.monotonic()
     movable, stuck = await _quiesce(conns)
+    # The publisher goes last: the receiver resumes reading from it at once, and a keyframe then trims the
+    # source's log down to what its *attached* players still need. Players restored after that would find
+    # their next message trimmed away and be cut back (a hole of the merge interval, seen with 500 players).
+    movable.sort(key=lambda c: c.role == "publish")
     try:
         await _call(wire.send_frame, sock, {"type": "source", "source": source.snapshot()}, [])
         if await _call(_recv_ack, sock) != ACK:

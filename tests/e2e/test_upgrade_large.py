@@ -86,6 +86,7 @@ def test_figures_500_players_3_upgrades(long_flv):
               f"all together {watch.peak_total / 1024:.1f} MiB")
         assert conns["dropped"] == 0 and pl["never_played"] == 0 and churn["failed"] == 0
         assert pl["timestamps"]["holes"] == 0 and pl["timestamps"]["repeats"] == 0
+        assert metric(metrics, "nonstop_dropped_messages_total") == 0, "no player was cut back"
         assert all(up["state"] == "done" for _, up in upgrades)
     finally:
         watch.stop.set()
