@@ -228,7 +228,8 @@ class Serving:
         if config.grace_start_wait and not self.retiring:
             log.trace("main", f"still accepting for grace_start_wait={config.grace_start_wait} ms")
             await asyncio.sleep(config.grace_start_wait / 1000)
-        self.close_media_listeners()
+        if not self.retiring:       # an upgrade's old worker let go of every listener already (retire())
+            self.close_media_listeners()
         await self._wait_for_conns(config.grace_max_wait)
         if config.grace_final_wait and not self.retiring:
             log.trace("main", f"sleep grace_final_wait={config.grace_final_wait} ms")
