@@ -1,7 +1,8 @@
 """The master's upgrade sequence (SIGUSR2), a part of the Master class kept in its own file.
 
 Upgrade (SIGUSR2), one at a time; its plain state is nonstop/master/upgrade.py:
-1. `nonstop -t` runs with the code now on disk, bounded by CHECK_TIMEOUT_S; a failure ends the upgrade there.
+1. `nonstop -t` runs with the code now on disk (after importing every module the master and the worker run),
+   bounded by CHECK_TIMEOUT_S; a failure ends the upgrade there.
 2. The master re-execs itself in place (`os.execve`, the same pid): its listeners, its pid file's fd (so its
    lock) and its workers' control channels are made inheritable and named in STATE_ENV; signals are blocked
    across the exec (the mask survives it) and unblocked once the new image handles them. RELOADING=1 then.
@@ -29,6 +30,12 @@ from nonstop.master.workers import RETIRING, SERVING, AdoptedChild, WorkerProces
 
 # `nonstop -t` is a config parse; 30 s is room for a loaded host, far from an upgrade_timeout's scale.
 CHECK_TIMEOUT_S = 30.0
+# `nonstop -t`, after importing everything a master and a worker run: the new image must be able to start, not
+# only to parse the config (a master whose new code cannot import would die after its execve).
+CHECK_PROGRAM = ("import sys\n"
+                 "import nonstop.master.master, nonstop.server.worker_main\n"
+                 "from nonstop.cli import main\n"
+                 "sys.exit(main(sys.argv[1:]))\n")
 # The old worker confirms a handover order at once; one that did not within this does not know the order.
 HANDOVER_START_TIMEOUT_S = 5.0
 # Signals that must not hit the master between its execve and the new image's handlers: blocked before, and
@@ -76,7 +83,7 @@ class Upgrading:
         self._start_new_worker()
 
     def _check_new_code(self) -> tuple[bool, str]:
-        args = [sys.executable, "-m", "nonstop.cli", "-t"]
+        args = [sys.executable, "-c", CHECK_PROGRAM, "-t"]
         if self.path is not None:
             args += ["-c", self.path]
         try:
