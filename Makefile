@@ -28,14 +28,18 @@ $(TEST_STAMP): $(STAMP) pyproject.toml
 	$(PIP) install -q -e '.[test]'
 	@touch $@
 
-# Debian packages the end-to-end tests drive: ffmpeg/ffprobe as clients, nginx-rtmp as a peer server.
-DEB_TEST_PACKAGES := ffmpeg nginx libnginx-mod-rtmp
+# Debian packages the end-to-end tests drive: ffmpeg/ffprobe as clients, nginx-rtmp as a peer server; for the
+# Kubernetes tests, kubectl (its `kustomize`; Debian's kubernetes-client only when no kubectl is installed) and
+# haproxy, which plays the Service in the rollout simulation.
+DEB_TEST_PACKAGES := ffmpeg nginx libnginx-mod-rtmp kubernetes-client haproxy
 
 test-deps: $(TEST_STAMP)
 	@missing=""; \
 	command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || missing="$$missing ffmpeg"; \
 	command -v nginx >/dev/null || missing="$$missing nginx"; \
 	test -f /usr/lib/nginx/modules/ngx_rtmp_module.so || missing="$$missing libnginx-mod-rtmp"; \
+	command -v kubectl >/dev/null || missing="$$missing kubernetes-client"; \
+	command -v haproxy >/dev/null || test -x /usr/sbin/haproxy || missing="$$missing haproxy"; \
 	if [ -n "$$missing" ]; then apt-get update -q && $(APT_INSTALL) $$missing; fi
 
 test: test-deps
