@@ -10,7 +10,7 @@ TEST_STAMP := $(VENV)/.installed-test
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-long test-deps clean
+.PHONY: install run test test-long test-deps test-kustomize-v2 clean
 
 install: $(STAMP)
 
@@ -44,6 +44,16 @@ test-deps: $(TEST_STAMP)
 
 test: test-deps
 	$(PY) -m pytest -q -m 'not long' $(PYTEST_ARGS) tests
+
+# The manifests must also build with Debian's kubectl 1.20 (kustomize v2) when another kubectl is installed:
+# its package is unpacked into the venv (not installed) and the manifest tests compare the two builds.
+LEGACY_KUBECTL := $(VENV)/kubernetes-client/usr/bin/kubectl
+$(LEGACY_KUBECTL):
+	rm -rf $(VENV)/kubernetes-client && mkdir -p $(VENV)/kubernetes-client
+	cd $(VENV)/kubernetes-client && apt-get download kubernetes-client && dpkg -x kubernetes-client_*.deb .
+
+test-kustomize-v2: test-deps $(LEGACY_KUBECTL)
+	KUBECTL_EXTRA=$(abspath $(LEGACY_KUBECTL)) $(PY) -m pytest -q $(PYTEST_ARGS) tests/e2e/test_k8s_manifests.py
 
 test-long: test-deps
 	$(PY) -m pytest -q -m long $(PYTEST_ARGS) tests
