@@ -146,14 +146,42 @@ class Pod:
             return None
         return sum(1 for c in clients if c["type"] == "rtmp-play")
 
+    def kill(self) -> None:
+        """SIGKILL to the pod's processes: in a namespace, all of them; else the master and its descendants
+        (the worker runs in its own process group, so killing the master's group is not enough)."""
+        if self.proc is None:
+            return
+        if self.net.mode == "netns":
+            self.net.kill_all(self.node)
+        else:
+            for pid in [self.proc.pid, *_descendants(self.proc.pid)]:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        self.proc.wait(10)
+
     def cleanup(self) -> None:
         if self.proc is not None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            self.proc.wait(10)
+            self.kill()
             self._log.close()
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
 
 
 class Service:
@@ -324,8 +352,7 @@ class Kubelet:
             pod.proc.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             pod.killed = True
-            os.killpg(pod.proc.pid, signal.SIGKILL)
-            pod.proc.wait(10)
+            pod.kill()
             self.note(f"{pod.name} SIGKILLed at terminationGracePeriodSeconds")
         pod.exited_at = time.monotonic()
         pod.probing = False

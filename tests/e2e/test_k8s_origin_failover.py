@@ -20,7 +20,8 @@ from tests.helpers import publish_file, stop_proc
 
 OVERLAY = "overlays/stable"
 PLAYERS = 5
-IN_FLIGHT_S = 0.05
+# What the edge had from origin-0 reaches its players up to mw_latency (350 ms, merged writes) after the kill.
+IN_FLIGHT_S = 0.6
 FAILOVER_GOAL_S = 5.0           # frames again on every edge player, from the publish to origin-1; asserted x3
 
 pytestmark = pytest.mark.timeout(150)
@@ -70,7 +71,7 @@ def test_edge_players_keep_their_connection_while_an_origin_pod_is_killed_and_th
             players = [await Player(target).start() for _ in range(PLAYERS)]
             await until(lambda: all(len(p.videos) >= 50 for p in players), 30, "2 s of frames on every player")
             killed_at = time.monotonic()
-            net.kill_all("o0") if net.mode == "netns" else origins[0].cleanup()
+            origins[0].kill()
             publishers.append(publish_file(origins[1].url(), test_flv))
             publish_at = time.monotonic()
             print(f"nonstop-origin-0 SIGKILLed; publishing to nonstop-origin-1 {publish_at - killed_at:.2f}s later")
@@ -78,8 +79,8 @@ def test_edge_players_keep_their_connection_while_an_origin_pod_is_killed_and_th
                         3 * FAILOVER_GOAL_S + 5, "frames again on every player")
             worst = 0.0
             for i, player in enumerate(players):
-                # Data in flight from origin-0 arrives within milliseconds of the kill; ffmpeg takes longer than
-                # IN_FLIGHT_S to start publishing to origin-1, so what comes after is the new upstream session.
+                # Data in flight from origin-0 arrives within IN_FLIGHT_S of the kill; the edge's retry and ffmpeg's
+                # start take longer (about 1 s), so what comes after is the new upstream session.
                 after = player.frames_after(killed_at + IN_FLIGHT_S)
                 first = after[0]
                 before = [v for v in player.videos if v[0] < first[0]]
