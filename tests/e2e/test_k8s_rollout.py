@@ -215,11 +215,13 @@ def run_rollout(net: Net, test_flv, scale: float) -> dict:
                               "liveness_failures": e.liveness_failures} for e in old + new if e.exited_at},
             "new_pod_liveness_failures": sum(e.liveness_failures for e in new),
             "probes": {"ok": prober.ok, "failed": len(prober.failures), "worst_s": round(prober.worst, 2)},
-            "bench": {"attempts": report["connections"]["attempts"], "failed": report["connections"]["failed"], "failed_by_kind": report["connections"]
-                      ["failed_by_kind"], "never_played": report["players"]["never_played"],
+            "bench": {"attempts": report["connections"]["attempts"], "failed": report["connections"]["failed"],
+                      "failed_by_kind": report["connections"]["failed_by_kind"],
+                      "never_played": report["players"]["never_played"],
                       "dropped": report["connections"]["dropped"], "reconnects": report["reconnects"]["count"],
-                      "gap_ms": report["reconnects"]["gap_ms"], "max_stall_ms": report["players"]["stalls"]
-                      ["max_gap_ms"], "playing_at_end": report["connections"]["playing_at_end"]},
+                      "gap_ms": report["reconnects"]["gap_ms"],
+                      "max_stall_ms": report["players"]["stalls"]["max_gap_ms"],
+                      "playing_at_end": report["connections"]["playing_at_end"]},
             "kept_until_drain_end": {k: {"before": v[0], "min_before_bound": v[1], "samples": v[2]}
                                      for k, v in kept.items()},
             "ffmpeg_player": {"pod": player_pod.name, "exit": player_end,
@@ -268,10 +270,11 @@ def results_section(figures: dict, label: str) -> str:
                      for k, v in figures["pods"].items())
     return (f"- {label} (scale {figures['scale']}, {figures['mode']} mode): rollout {figures['rollout_s']} s; "
             f"new connections through the Service {p['ok']} played, {p['failed']} failed (slowest to first frame "
-            f"{p['worst_s']} s); bench {BENCH_PLAYERS} players: {b['failed']} failed plays of {b['attempts']}, {b['reconnects']} "
-            f"reconnects, gap p50 {b['gap_ms']['p50']} ms / max {b['gap_ms']['max']} ms, largest stall "
-            f"{b['max_stall_ms']} ms, {b['playing_at_end']} playing at the end; ffmpeg player's last frame "
-            f"{figures['ffmpeg_player']['last_frame_vs_drain_bound_s']} s from its pod's drain bound; {pods}; "
+            f"{p['worst_s']} s); bench {BENCH_PLAYERS} players: {b['failed']} failed plays of {b['attempts']}, "
+            f"{b['reconnects']} reconnects, gap p50 {b['gap_ms']['p50']} ms / max {b['gap_ms']['max']} ms, "
+            f"largest stall {b['max_stall_ms']} ms, {b['playing_at_end']} playing at the end; "
+            f"ffmpeg player's last frame {figures['ffmpeg_player']['last_frame_vs_drain_bound_s']} s from its pod's "
+            f"drain bound; {pods}; "
             f"SIGKILLs {sum(v['killed'] for v in figures['pods'].values())}.")
 
 
