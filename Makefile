@@ -10,7 +10,7 @@ TEST_STAMP := $(VENV)/.installed-test
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-long test-deps clean
+.PHONY: install run test test-long test-deps test-kustomize-v2 clean
 
 install: $(STAMP)
 
@@ -28,18 +28,32 @@ $(TEST_STAMP): $(STAMP) pyproject.toml
 	$(PIP) install -q -e '.[test]'
 	@touch $@
 
-# Debian packages the end-to-end tests drive: ffmpeg/ffprobe as clients, nginx-rtmp as a peer server.
-DEB_TEST_PACKAGES := ffmpeg nginx libnginx-mod-rtmp
+# Debian packages the end-to-end tests drive: ffmpeg/ffprobe as clients, nginx-rtmp as a peer server; for the
+# Kubernetes tests, kubectl (its `kustomize`; Debian's kubernetes-client only when no kubectl is installed) and
+# haproxy, which plays the Service in the rollout simulation.
+DEB_TEST_PACKAGES := ffmpeg nginx libnginx-mod-rtmp kubernetes-client haproxy
 
 test-deps: $(TEST_STAMP)
 	@missing=""; \
 	command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || missing="$$missing ffmpeg"; \
 	command -v nginx >/dev/null || missing="$$missing nginx"; \
 	test -f /usr/lib/nginx/modules/ngx_rtmp_module.so || missing="$$missing libnginx-mod-rtmp"; \
+	command -v kubectl >/dev/null || missing="$$missing kubernetes-client"; \
+	command -v haproxy >/dev/null || test -x /usr/sbin/haproxy || missing="$$missing haproxy"; \
 	if [ -n "$$missing" ]; then apt-get update -q && $(APT_INSTALL) $$missing; fi
 
 test: test-deps
 	$(PY) -m pytest -q -m 'not long' $(PYTEST_ARGS) tests
+
+# The manifests must also build with Debian's kubectl 1.20 (kustomize v2) when another kubectl is installed:
+# its package is unpacked into the venv (not installed) and the manifest tests compare the two builds.
+LEGACY_KUBECTL := $(VENV)/kubernetes-client/usr/bin/kubectl
+$(LEGACY_KUBECTL):
+	rm -rf $(VENV)/kubernetes-client && mkdir -p $(VENV)/kubernetes-client
+	cd $(VENV)/kubernetes-client && apt-get download kubernetes-client && dpkg -x kubernetes-client_*.deb .
+
+test-kustomize-v2: test-deps $(LEGACY_KUBECTL)
+	KUBECTL_EXTRA=$(abspath $(LEGACY_KUBECTL)) $(PY) -m pytest -q $(PYTEST_ARGS) tests/e2e/test_k8s_manifests.py
 
 test-long: test-deps
 	$(PY) -m pytest -q -m long $(PYTEST_ARGS) tests

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from nonstop.cluster.urls import host_of_url
 from nonstop.log import log
 from nonstop.media.consumer import Consumer
 from nonstop.media.packet import rtmp_format
@@ -129,7 +130,7 @@ class RtmpConnection(asyncio.Protocol):
                     self.consumer.flush(time.monotonic())
 
     def _on_connect(self, event: rtmp.ConnectRequest) -> None:
-        host = _host_of(event.tc_url)
+        host = host_of_url(event.tc_url)
         query = rtmp.parse_query(event.query)
         vhost = self.worker.config.vhost_for(query.get("vhost") or host)
         if vhost is None or not vhost.enabled:
@@ -356,12 +357,3 @@ class RtmpConnection(asyncio.Protocol):
 
 def _text(value) -> str:
     return value if isinstance(value, str) else ""
-
-
-def _host_of(tc_url: str) -> str:
-    """`rtmp://host:1935/live?x` -> 'host' (IPv6 `[::1]` too)."""
-    rest = tc_url.partition("://")[2] or tc_url
-    authority = rest.split("/", 1)[0].split("?", 1)[0]
-    if authority.startswith("["):
-        return authority[1:].partition("]")[0]
-    return authority.rpartition(":")[0] if authority.count(":") == 1 else authority
