@@ -237,7 +237,7 @@ class Upgrading:
         if self.upgrade.state == up.HANDING_OVER:
             # The old worker notices the broken socket itself and serves on (handover_failed follows).
             self.generation = new.generation - 1
-        self._end_upgrade(up.ROLLED_BACK, f"{why}; the old worker keeps serving")
+        self._end_upgrade(up.ROLLED_BACK, why if self.quitting else f"{why}; the old worker keeps serving")
 
     def _end_upgrade(self, result: str, why: str) -> None:
         if not self.upgrade.in_flight:

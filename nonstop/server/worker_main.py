@@ -30,6 +30,8 @@ from nonstop.server.worker import Worker
 # Test only: make an upgrade's new worker fail. "1": exit at start; "hang": never report ready; "handover": die
 # in the middle of the handover (after the first stream moved).
 UPGRADE_FAIL_ENV = "NONSTOP_TEST_UPGRADE_FAIL"
+# At exit, how long a takeover that never started may take to notice its socket was shut down.
+TAKEOVER_STOP_S = 1.0
 # What the master handles; a worker must never die of, or act on, a signal meant for the master.
 MASTER_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
@@ -97,6 +99,14 @@ class WorkerProcess:
                             f"listeners: {self.serving.describe()}")
         code = await self.serving.wait()
         orders.cancel()
+        if self._takeover is not None and not self._takeover.done():
+            # Quitting before the old worker handed anything over: wake the receiving thread, or the process
+            # could not exit (an executor thread blocked in recv).
+            try:
+                handover.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            await asyncio.wait([self._takeover], timeout=TAKEOVER_STOP_S)
         if not self.channel.closed:
             loop.remove_reader(self.channel.fileno())
             self.channel.send("exiting", code=code)

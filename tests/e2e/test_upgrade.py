@@ -7,6 +7,7 @@ Media is a pre-encoded file published with `-c copy`, so the encoder does not ea
 from __future__ import annotations
 
 import signal
+import time
 
 import pytest
 
@@ -223,5 +224,22 @@ def test_an_upgrade_whose_config_check_fails_stops_there():
         assert "re-executing" not in server.log() and server.live_worker_pids() == workers
         assert rtmp_connect_ok(server.rtmp_port)
         assert 'nonstop_upgrades_total{result="failed"} 1.0' in server.metrics()
+    finally:
+        server.stop()
+
+
+def test_a_quit_during_an_upgrade_ends_it_and_the_master_exits():
+    server = UpgradeServer(extra_global="grace_start_wait 100; grace_final_wait 100;",
+                           env={"NONSTOP_TEST_UPGRADE_FAIL": "hang"}).start()
+    try:
+        server.wait_log("worker serving")
+        assert server.ctl("upgrade").returncode == 0
+        server.wait_log("upgrade: new worker pid=")
+        started = time.monotonic()
+        server.signal(signal.SIGQUIT)
+        assert server.proc.wait(15) == 0
+        print(f"quit during an upgrade: the master exited in {time.monotonic() - started:.2f}s")
+        assert "upgrade rolled_back: the service quits" in server.log()
+        assert not server.live_worker_pids()
     finally:
         server.stop()
