@@ -53,6 +53,16 @@ def _nginx_cpu_per_gb(points: list[dict], scenario: str, label: str) -> float | 
     return None
 
 
+def kb_per_connection(p: dict) -> float | None:
+    """RSS growth from the baseline (taken once the publishers were up) over every connection the server held:
+    players, idle connections and publishers."""
+    s, c = p.get("server") or {}, p["config"]
+    conns = c["players"] + c["idle"] + c["publishers"]
+    if s.get("rss_kb_baseline") is None or not conns:
+        return None
+    return (s["rss_kb_end"] - s["rss_kb_baseline"]) / conns
+
+
 def _failed(p: dict) -> str:
     kinds = p["connections"]["failed_by_kind"]
     return str(p["connections"]["failed"]) + (f" ({', '.join(f'{k} {v}' for k, v in kinds.items())})"
@@ -73,11 +83,14 @@ def media_table(points: list[dict], scenario: str) -> list[str]:
         s, pl, b = p.get("server") or {}, p["players"], p.get("bench") or {}
         ngx = _nginx_cpu_per_gb(points, scenario, "rtmp-" + p["label"].rsplit("-", 1)[1])
         ratio = s.get("cpu_s_per_gb") / ngx if ngx and s.get("cpu_s_per_gb") else None
+        pub = p["publishers"]
+        starved = str(pl["starved"]) + (f" ⚠ {pub['count'] - pub['ok']} publisher(s) lost: {pub['errors'][0]}"
+                                        if pub["ok"] < pub["count"] else "")
         rows.append(
-            f"| {name} | {_proto(p)} | {pl['count']} | {p['connections']['ok']} / {_failed(p)} | {pl['starved']} | "
+            f"| {name} | {_proto(p)} | {pl['count']} | {p['connections']['ok']} / {_failed(p)} | {starved} | "
             f"{_f(pl['rate_ratio_min'], '{:.3f}')} | {_f(s.get('cpu_pct_of_core'), '{:.1f}')} | "
             f"**{_f(s.get('cpu_s_per_gb'))}** | {_f(ratio)} | {_f(s.get('rss_kb_end', 0) / 1024, '{:.0f}')} | "
-            f"{_f(s.get('rss_kb_per_connection'), '{:.1f}')} | {_f(b.get('cpu_pct_of_core'), '{:.0f}')} |")
+            f"{_f(kb_per_connection(p), '{:.1f}')} | {_f(b.get('cpu_pct_of_core'), '{:.0f}')} |")
     return rows
 
 
@@ -93,7 +106,7 @@ def idle_table(points: list[dict]) -> list[str]:
         ms = idle.get("connect_ms", {})
         rows.append(f"| {name} | {idle.get('ok')} / {idle.get('attempted')} | {idle.get('failed')} | "
                     f"{idle.get('dropped')} | {_f(s.get('rss_kb_end', 0) / 1024, '{:.0f}')} | "
-                    f"**{_f(s.get('rss_kb_per_connection'), '{:.1f}')}** | {_f(s.get('cpu_pct_of_core'), '{:.1f}')} | "
+                    f"**{_f(kb_per_connection(p), '{:.1f}')}** | {_f(s.get('cpu_pct_of_core'), '{:.1f}')} | "
                     f"{_f(ms.get('p50'), '{:.1f}')} / {_f(ms.get('p99'), '{:.1f}')} |")
     return rows
 
@@ -149,7 +162,7 @@ def plots(points: list[dict]) -> dict[str, str]:
     if idle:
         fig, ax = plt.subplots(figsize=(6, 3.6))
         names = [SERVER_TITLE[p["server_name"]] for p in idle]
-        ax.bar(names, [p["server"]["rss_kb_per_connection"] or 0 for p in idle])
+        ax.bar(names, [kb_per_connection(p) or 0 for p in idle])
         ax.set_ylabel("KB RSS per idle connection")
         ax.set_title(f"Idle cost: {idle[0]['config']['idle']} connections (connect + createStream)")
         ax.grid(axis="y", alpha=0.3)

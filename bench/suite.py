@@ -298,6 +298,8 @@ def run_point(run_dir: Path, scenario: str, server: str, label: str, make_args, 
         result.update(scenario=scenario, server_name=server, label=label)
         out.write_text(json.dumps(result, indent=1))
         s, pl = result.get("server") or {}, result["players"]
+        if result["publishers"]["errors"]:
+            log(f"{name}: WARNING: publisher lost during the run: {result['publishers']['errors'][0]}")
         log(f"{name}: {result['connections']['ok']} ok, {result['connections']['failed']} failed; "
             f"starved {pl['starved']}; server {s.get('cpu_pct_of_core')}% of a core, "
             f"{s.get('cpu_s_per_gb')} CPU-s/GB, {s.get('rss_kb_per_connection')} KB/conn; "
@@ -317,7 +319,7 @@ def main(argv=None) -> int:
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma list of {', '.join(SCENARIOS)}")
     p.add_argument("--players", default=None,
                    help="fan-out player counts, comma list (default 100,500,1000,2000,4000)")
-    p.add_argument("--flv-players", default=None, help="HTTP-FLV fan-out player counts (default: as --players)")
+    p.add_argument("--flv-players", default=None, help="HTTP-FLV fan-out player counts (default: as --players; 0: none)")
     p.add_argument("--window", type=float, default=30.0, help="measurement window in seconds (default 30)")
     p.add_argument("--ramp", type=float, default=500.0, help="new connections per second (default 500)")
     p.add_argument("--ingest", type=int, default=INGEST_PUBLISHERS, help="ingest publishers (default 200)")
@@ -343,7 +345,7 @@ def main(argv=None) -> int:
         window = min(window, 20.0)
     if a.players:
         players = tuple(int(x) for x in a.players.split(","))
-    flv_players = tuple(int(x) for x in a.flv_players.split(",")) if a.flv_players else players
+    flv_players = tuple(int(x) for x in a.flv_players.split(",") if int(x) > 0) if a.flv_players else players
 
     ensure_peers(servers)
     main_file = make_stream("main")
@@ -356,6 +358,15 @@ def main(argv=None) -> int:
                         "loadavg_at_start": os.getloadavg()},
             "versions": versions(), "window_s": window, "servers": servers, "scenarios": scenarios,
             "note": a.note, "files": {"main": main_file.name, "ingest": ingest_file.name if ingest_file else None}}
+    if (run_dir / "run.json").exists():  # adding points to an earlier run (--out): keep its story
+        before = json.loads((run_dir / "run.json").read_text())
+        meta["command"] = f"{before['command']}, then {meta['command']}"
+        meta["started"] = before["started"]
+        meta["machine"]["loadavg_at_start"] = before["machine"]["loadavg_at_start"]
+        meta["servers"] = sorted(set(before["servers"]) | set(servers))
+        meta["scenarios"] = sorted(set(before["scenarios"]) | set(scenarios))
+        meta["files"] = {k: meta["files"][k] or before["files"].get(k) for k in meta["files"]}
+        meta["window_s"] = min(window, before["window_s"])
     (run_dir / "run.json").write_text(json.dumps(meta, indent=1))
     log(f"results in {run_dir}")
     common = ["--duration", str(window), "--warmup", "2", "--ramp", str(a.ramp)]

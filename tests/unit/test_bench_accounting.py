@@ -242,7 +242,7 @@ def test_report_counts_starved_players_and_server_cost():
     assert server["bytes_delivered"] == delivered
     assert server["cpu_s"] == 1.5 and server["cpu_pct_of_core"] == 15.0
     assert server["cpu_s_per_gb"] == pytest.approx(1.5 / (delivered / 1e9), rel=1e-3)
-    assert server["rss_kb_per_connection"] == 20.0  # 60 KB grown over 3 connections
+    assert server["rss_kb_per_connection"] == 15.0  # 60 KB grown over 3 players and 1 publisher
     assert r["bench"]["cpu_s"] == 0.5
     text = report.format_text(r)
     assert "starved" in text and "CPU-s/GB" in text and "churn" in text
