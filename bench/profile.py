@@ -57,25 +57,33 @@ def main() -> int:
     p.add_argument("--players", type=int, default=1000)
     p.add_argument("--flv", action="store_true", help="HTTP-FLV players instead of RTMP")
     p.add_argument("--seconds", type=float, default=15.0)
+    p.add_argument("--native", action="store_true", help="py-spy --native: C frames too (uvloop, libc)")
+    p.add_argument("--ingest", type=int, default=0, metavar="M",
+                   help="ingest instead: M publishers of the 500 kb/s stream, one player each")
     p.add_argument("--out", default=str(suite.OUT / "profile"))
     a = p.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    media = suite.make_stream("main")
+    media = suite.make_stream("ingest" if a.ingest else "main")
+    publishers = a.ingest or 1
+    if a.ingest:
+        a.players = a.ingest
     workdir = Path(tempfile.mkdtemp(prefix="bench-profile-"))
     peer = suite.Nonstop(workdir).start()
     try:
         url = peer.flv_url() if a.flv else peer.rtmp_url()
         ramp_s = a.players / 500
         bench = subprocess.Popen(
-            [suite.PYTHON, "-m", "nonstop.cli", "bench", url, "--publish-url", peer.rtmp_url(), "--publishers", "1",
-             "--file", str(media), "--players", str(a.players), "--ramp", "500", "--warmup", "2",
+            [suite.PYTHON, "-m", "nonstop.cli", "bench", url, "--publish-url", peer.rtmp_url(), "--publishers",
+             str(publishers), "--file", str(media), "--players", str(a.players), "--ramp", "500", "--warmup", "2",
              "--duration", str(a.seconds + 4), "--server-pid", str(peer.proc.pid)],
             cwd=suite.ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        time.sleep(1.3 + ramp_s + 3)  # publisher settle, ramp, warmup
-        raw = out / f"nonstop-{'flv' if a.flv else 'rtmp'}-{a.players}.txt"
+        time.sleep(1.3 + ramp_s + 3 + (2 if a.ingest else 0))  # publisher settle, ramp, warmup
+        kind = f"ingest-{a.ingest}" if a.ingest else f"{'flv' if a.flv else 'rtmp'}-{a.players}"
+        raw = out / f"nonstop-{kind}{'-native' if a.native else ''}.txt"
         subprocess.run([shutil.which("py-spy") or str(Path(suite.PYTHON).parent / "py-spy"), "record", "--format",
                         "raw", "--duration", str(int(a.seconds)), "--rate", "200", "--output", str(raw),
+                        *(["--native"] if a.native else []),
                         "--pid", str(worker_pid(peer.proc.pid))], check=True, capture_output=True)
         report, _ = bench.communicate(timeout=120)
         print(report)

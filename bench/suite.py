@@ -367,6 +367,8 @@ def main(argv=None) -> int:
         meta["scenarios"] = sorted(set(before["scenarios"]) | set(scenarios))
         meta["files"] = {k: meta["files"][k] or before["files"].get(k) for k in meta["files"]}
         meta["window_s"] = min(window, before["window_s"])
+        if before["versions"]["nonstop"] not in meta["versions"]["nonstop"].split(" then "):
+            meta["versions"]["nonstop"] = f"{before['versions']['nonstop']} then {meta['versions']['nonstop']}"
     (run_dir / "run.json").write_text(json.dumps(meta, indent=1))
     log(f"results in {run_dir}")
     common = ["--duration", str(window), "--warmup", "2", "--ramp", str(a.ramp)]
