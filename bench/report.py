@@ -71,7 +71,7 @@ def _failed(p: dict) -> str:
 
 def media_table(points: list[dict], scenario: str) -> list[str]:
     rows = ["| server | protocol | players | connected / failed | starved (< 90%) | min rate / stream | "
-            "server CPU % of a core | **CPU-s per GB** | × nginx-rtmp | RSS MB | KB RSS per player | "
+            "server CPU % of a core | **CPU-s per GB** | × nginx-rtmp | RSS MB | KB RSS per connection | "
             "load generator CPU % |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in sorted((p for p in points if p["scenario"] == scenario), key=_key):

@@ -300,7 +300,8 @@ def run_point(run_dir: Path, scenario: str, server: str, label: str, make_args, 
         s, pl = result.get("server") or {}, result["players"]
         if result["publishers"]["errors"]:
             log(f"{name}: WARNING: publisher lost during the run: {result['publishers']['errors'][0]}")
-        log(f"{name}: {result['connections']['ok']} ok, {result['connections']['failed']} failed; "
+        ok = result["idle"] or result["connections"]
+        log(f"{name}: {ok['ok']} ok, {ok['failed']} failed; "
             f"starved {pl['starved']}; server {s.get('cpu_pct_of_core')}% of a core, "
             f"{s.get('cpu_s_per_gb')} CPU-s/GB, {s.get('rss_kb_per_connection')} KB/conn; "
             f"latency p50 {result['latency_ms']['p50']} ms; bench {result['bench']['cpu_pct_of_core']}%")
@@ -327,6 +328,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true",
                    help="scaled down: fan-out at 100 and 1000 players, 20 s windows")
     p.add_argument("--out", default=None, help="results directory (default bench/out/RUN-TIMESTAMP)")
+    p.add_argument("--no-report", action="store_true", help="do not rewrite bench/RESULTS.md and the plots")
     p.add_argument("--note", default="", help="a note stored with the run (e.g. 'machine shared')")
     a = p.parse_args(argv)
 
@@ -413,8 +415,10 @@ def main(argv=None) -> int:
     meta["finished"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     meta["machine"]["loadavg_at_end"] = os.getloadavg()
     (run_dir / "run.json").write_text(json.dumps(meta, indent=1))
-    log(f"done: {run_dir}; `bench/run --report {run_dir}` writes bench/RESULTS.md")
-    print(run_dir)
+    log(f"done: {run_dir}")
+    if not a.no_report:
+        import report
+        report.main([str(run_dir)])
     return 0
 
 
