@@ -128,7 +128,11 @@ def latency_table(points: list[dict]) -> list[str]:
 
 
 def plots(points: list[dict]) -> dict[str, str]:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:  # the `bench` extra is not installed: tables only
+        print("matplotlib is not installed (pip install -e '.[bench]'): no plots", file=sys.stderr)
+        return {}
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -189,8 +193,8 @@ def plots(points: list[dict]) -> dict[str, str]:
     return made
 
 
-def generated(meta: dict, points: list[dict], run_dir: Path) -> str:
-    images = plots(points)
+def generated(meta: dict, points: list[dict], run_dir: Path, with_plots: bool = True) -> str:
+    images = plots(points) if with_plots else {}
     v, m = meta["versions"], meta["machine"]
     lines = [BEGIN, "",
              f"Run `{run_dir.name}` (UTC {meta['started']} to {meta.get('finished', '?')}), command: "
