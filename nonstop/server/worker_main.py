@@ -32,22 +32,6 @@ from nonstop.server.worker import Worker
 MASTER_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
 
-def run_worker(config) -> int:
-    for sig in MASTER_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
-    configure_logging(config)
-    try:
-        spec = json.loads(os.environ.pop(WORKER_ENV))
-        channel = Channel(socket.socket(fileno=spec["control"]))
-        listeners = {key: _inherited(fd) for key, fd in spec["listeners"]}
-    except (KeyError, ValueError, TypeError, OSError) as e:
-        log.error("worker", f"--worker is for the master to use: no usable {WORKER_ENV} ({e!r})")
-        return 1
-    raise_nofile_limit(config.max_connections)
-    tune_gc()
-    return uvloop.run(WorkerProcess(config, channel).run(listeners))
-
-
 # The media path allocates a Packet and a few small containers per message (9,000 a second with 200
 # publishers); with CPython's default gen-0 threshold of 700 the cyclic collector ran over ten times a second
 # and was 5% of the worker's samples in an ingest profile (bench/RESULTS.md). Reference counting frees media
@@ -60,6 +44,23 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+def run_worker(config) -> int:
+    for sig in MASTER_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    configure_logging(config)
+    tune_gc()
+    try:
+        spec = json.loads(os.environ.pop(WORKER_ENV))
+        channel = Channel(socket.socket(fileno=spec["control"]))
+        listeners = {key: _inherited(fd) for key, fd in spec["listeners"]}
+    except (KeyError, ValueError, TypeError, OSError) as e:
+        log.error("worker", f"--worker is for the master to use: no usable {WORKER_ENV} ({e!r})")
+        return 1
+    raise_nofile_limit(config.max_connections)
+    return uvloop.run(WorkerProcess(config, channel).run(listeners))
+
 
 
 def _inherited(fd: int) -> socket.socket:
