@@ -29,7 +29,8 @@ def test_bench_players_reconnecting_players_and_churn_against_nonstop(test_flv):
     conn = r["connections"]
     assert conn["failed"] == 0, conn
     assert conn["dropped"] == 0
-    assert conn["playing_at_end"] == PLAYERS
+    # A reconnecting player may be between two connections when the window ends (it hangs up every 2 s).
+    assert conn["playing_at_end"] >= PLAYERS - RECONNECTING
     assert conn["hangups"] >= RECONNECTING
     assert r["reconnects"]["count"] >= RECONNECTING
     assert r["reconnects"]["gap_ms"]["max"] < 1000
