@@ -108,6 +108,8 @@ class RtmpConnection(asyncio.Protocol):
         if isinstance(event, rtmp.Media):
             if self.role == ROLE_PUBLISH:
                 self.last_media_at = time.monotonic()
+                if not self.got_media:
+                    self.deadline = None    # the first packet came in time: normal_timeout applies from now
                 self.got_media = True
                 self.source.on_media(event.type_id, event.timestamp, event.payload, self.last_media_at)
         elif isinstance(event, rtmp.ConnectRequest):
