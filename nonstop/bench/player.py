@@ -108,6 +108,8 @@ class Viewer:
                 ctx.dropped += 1
             if self.lost_at is None:
                 self.lost_at = now
+        elif ctx.stopping:
+            return  # the run ended while this connection was opening (a reconnect): we closed it, not a failure
         else:
             ctx.failed[kind or FAIL_ERROR] += 1
         if not self.reconnect or ctx.stopping:

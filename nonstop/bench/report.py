@@ -140,7 +140,7 @@ def _server(samples: dict, window: float, delivered: int, opts) -> dict | None:
     if not start or not end:
         return None
     cpu = (end["utime"] + end["stime"]) - (start["utime"] + start["stime"])
-    connections = opts.players + opts.idle
+    connections = opts.players + opts.idle + opts.publishers  # every connection the server held
     grown = end["rss_kb"] - base["rss_kb"] if base else None
     return {
         "pids": end["pids"],

@@ -46,9 +46,6 @@ from tests.helpers import ROOT, port_open, wait_for
 ENDPOINT_PROPAGATION_S = 2.0
 PROBE_TIMEOUT_FLOOR_S = 1.0
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
-# WORKAROUND, test-only: this branch's base kicks a publisher after publish.firstpkt_timeout (20 s) even while it
-# sends media (fixed on the upgrade branch, d6f8a00). Origin pods get this override until that fix is merged.
-PUBLISHER_WORKAROUND_ENV = {"NONSTOP_VHOST_PUBLISH_FIRSTPKT_TIMEOUT": str(24 * 3600 * 1000)}
 
 
 def _free_port(ip: str = "127.0.0.1") -> int:

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 
 from tests.e2e.k8s_manifests import built, pod_spec
-from tests.e2e.k8s_rollout import PUBLISHER_WORKAROUND_ENV, Kubelet, Pod, remove_hosts, write_hosts
+from tests.e2e.k8s_rollout import Kubelet, Pod, remove_hosts, write_hosts
 from tests.e2e.test_cluster_harness import HEADER, KEY, Net, Player, until
 from tests.helpers import publish_file, stop_proc
 
@@ -45,7 +45,7 @@ def test_edge_players_keep_their_connection_while_an_origin_pod_is_killed_and_th
     docs = built(OVERLAY)
     origin_spec, edge_spec = pod_spec(docs, "StatefulSet", "nonstop-origin"), pod_spec(docs, "Deployment",
                                                                                        "nonstop-edge")
-    origins = [Pod(net, f"o{i}", f"nonstop-origin-{i}", origin_spec, 1.0, dict(PUBLISHER_WORKAROUND_ENV))
+    origins = [Pod(net, f"o{i}", f"nonstop-origin-{i}", origin_spec, 1.0)
                for i in range(2)]
     edge = Pod(net, "e1", "nonstop-edge-0", edge_spec, 1.0)
     service_name = origin_spec.workload["spec"]["serviceName"]

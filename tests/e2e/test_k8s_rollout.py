@@ -25,7 +25,7 @@ import pytest
 from nonstop.protocol import rtmp
 from tests.e2e.k8s_manifests import built, find, pod_spec
 from tests.e2e.k8s_rollout import (
-    ENDPOINT_PROPAGATION_S, PUBLISHER_WORKAROUND_ENV, Kubelet, Pod, Service, remove_hosts, write_hosts,
+    ENDPOINT_PROPAGATION_S, Kubelet, Pod, Service, remove_hosts, write_hosts,
 )
 from tests.e2e.test_cluster_harness import Net
 from tests.helpers import ROOT, publish_file, stop_proc, wait_for
@@ -124,7 +124,7 @@ def run_rollout(net: Net, test_flv, scale: float) -> dict:
     edge_spec = pod_spec(docs, "Deployment", "nonstop-edge")
     edges = find(docs, "Deployment", "nonstop-edge")
     assert edges["spec"]["replicas"] == 2
-    origins = [Pod(net, f"o{i}", f"nonstop-origin-{i}", origin_spec, scale, dict(PUBLISHER_WORKAROUND_ENV))
+    origins = [Pod(net, f"o{i}", f"nonstop-origin-{i}", origin_spec, scale)
                for i in range(2)]
     old = [Pod(net, f"p{i + 1}", f"nonstop-edge-old-{i + 1}", edge_spec, scale) for i in range(2)]
     new = [Pod(net, f"p{i + 3}", f"nonstop-edge-new-{i + 1}", edge_spec, scale) for i in range(2)]

@@ -177,3 +177,64 @@ def test_rtmp_player_gets_unpublish_notify_and_resumes_on_republish(server):
         await player.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_publisher_timeouts_first_packet_and_idle_but_never_a_publisher_that_sends():
+    """publish.firstpkt_timeout bounds the wait for the first media message only; after it, normal_timeout
+    bounds the silence between messages. A publisher that keeps sending is never closed (it was, once: the
+    first-packet deadline outlived the first packet)."""
+    import asyncio
+
+    from nonstop.protocol import rtmp
+    from tests.rtmp_client import AVC_HEADER, AVC_INTER, AVC_KEYFRAME, RtmpTestClient
+
+    timeout_ms = 1000
+    body = f"publish {{ firstpkt_timeout {timeout_ms}; normal_timeout {timeout_ms}; }}"
+
+    async def closed_after(client: RtmpTestClient, limit: float) -> float:
+        started = time.monotonic()
+        while True:
+            try:
+                if not await client.read_once(max(0.01, started + limit - time.monotonic())):
+                    return time.monotonic() - started
+            except (ConnectionError, OSError):
+                return time.monotonic() - started
+            except asyncio.TimeoutError:
+                raise AssertionError(f"still connected after {limit}s")
+
+    async def scenario(port: int):
+        sender, silent, stopper = [await RtmpTestClient().open(port) for _ in range(3)]
+        for client, name in ((sender, "sender"), (silent, "silent"), (stopper, "stopper")):
+            assert (await client.publish(name)).code == "NetStream.Publish.Start"
+        for client in (sender, stopper):
+            client.send_media(rtmp.MSG_VIDEO, 0, AVC_HEADER)
+            client.send_media(rtmp.MSG_VIDEO, 0, AVC_KEYFRAME)
+        started = time.monotonic()
+        waits = [asyncio.ensure_future(closed_after(silent, 3 * 2 * timeout_ms / 1000)),
+                 asyncio.ensure_future(closed_after(stopper, 3 * 2 * timeout_ms / 1000))]
+        ts = 0
+        while time.monotonic() - started < 3.5 * timeout_ms / 1000:     # well past both timeouts
+            ts += 100
+            sender.send_media(rtmp.MSG_VIDEO, ts, AVC_INTER)
+            await sender.drain()
+            await asyncio.sleep(0.1)
+        silent_after, stopper_after = await asyncio.gather(*waits)
+        # Still connected: it answers a new stream at once.
+        sender.session.create_stream()
+        sender._flush()
+        await sender.wait_for(lambda e: isinstance(e, rtmp.StreamCreated), timeout=5)
+        for client in (sender, silent, stopper):
+            await client.close()
+        return silent_after, stopper_after
+
+    with Server(vhost_body=body) as server:
+        silent_after, stopper_after = asyncio.run(asyncio.wait_for(scenario(server.rtmp_port), 30))
+        # The sweep runs every second: a deadline is seen up to 1 s late (goal: timeout + 1 s).
+        print(f"silent publisher closed after {silent_after:.2f}s, one that stopped after {stopper_after:.2f}s "
+              f"(timeouts {timeout_ms} ms, goal {timeout_ms / 1000 + 1:.0f}s)")
+        assert silent_after >= timeout_ms / 1000 * 0.9 and stopper_after >= timeout_ms / 1000 * 0.9
+        log = server.log()
+        assert f"publisher sent no media for {timeout_ms} ms" in log
+        assert f"publisher idle for {timeout_ms} ms" in log
+        assert log.count("reason=publisher sent no media") == 1, "only the silent publisher times out"
+        assert log.count("reason=publisher idle") == 1, "only the publisher that stopped times out"
