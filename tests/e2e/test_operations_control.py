@@ -46,7 +46,7 @@ def test_reload_moves_a_listener_keeps_the_others_and_the_player_and_rejects_a_b
     try:
         wait_published(server)
         player = start_player(server.rtmp_url(), 8)
-        server.wait_log("play __defaultVhost__/live/livestream")
+        server.wait_log("play __defaultVhost__/live/livestream, start=")   # the RTMP play (not a "flv play")
         http_inode = listening_inode(server.http_port)
         old_port, server.rtmp_port = server.rtmp_port, free_port()
         server.max_connections = 500
