@@ -49,7 +49,7 @@ def test_sigquit_drains_while_an_ffmpeg_player_keeps_playing(test_flv):
     try:
         wait_published(server)
         player = start_player(server.rtmp_url(), play_s)
-        server.wait_log("play __defaultVhost__/live/livestream")
+        server.wait_log("play __defaultVhost__/live/livestream, start=")
         time.sleep(1)  # mid-stream
         assert http_status(server.api("/readyz")) == 200
         quit_at = time.monotonic()
@@ -111,7 +111,7 @@ def test_grace_max_wait_closes_the_rest_at_the_bound(test_flv):
     try:
         wait_published(server, "a")
         player = start_player(server.rtmp_url("a"), 60)      # would play far past the bound
-        server.wait_log("play __defaultVhost__/live/a")
+        server.wait_log("play __defaultVhost__/live/a, start=")
         player_left: list[float] = []
         watcher = threading.Thread(target=lambda: (player.wait(30), player_left.append(time.monotonic())))
         watcher.start()
@@ -162,7 +162,7 @@ def test_sigterm_is_a_fast_quit_with_clients_connected(test_flv):
     try:
         wait_published(server)
         player = start_player(server.rtmp_url(), 60)
-        server.wait_log("play __defaultVhost__/live/livestream")
+        server.wait_log("play __defaultVhost__/live/livestream, start=")
         started = time.monotonic()
         server.signal(signal.SIGTERM)
         server.proc.wait(10)
