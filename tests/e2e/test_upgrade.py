@@ -51,7 +51,7 @@ def test_three_upgrades_under_load_move_every_connection_without_a_lost_frame(lo
                    TimedPlayer(server.flv_url(), 22).start(), TimedPlayer(server.flv_url(), 22).start()]
         bench = start_bench(server.rtmp_url(), players=50, churn=100, duration=20)
         wait_for(lambda: all(p.playing() for p in players), 20, what="the ffmpeg players to play")
-        wait_for(lambda: server.log().count(f"play {STREAM}") >= 52, 20, what="the bench players to play")
+        wait_for(lambda: server.log().count(f"play {STREAM}, start=") >= 52, 20, what="the bench players to play")
         accepted = metric(server.metrics(), "nonstop_connections_accepted_total")
         readyz = ReadyzWatch(server.api("/readyz")).start()
         took = []

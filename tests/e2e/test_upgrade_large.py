@@ -57,7 +57,7 @@ def test_figures_500_players_3_upgrades(long_flv):
         wait_for(lambda: f"publish {STREAM}," in server.log(), 15, what="publish")
         watch.start()
         bench = start_bench(server.rtmp_url(), players=PLAYERS, churn=100, duration=25)
-        wait_for(lambda: server.log().count(f"play {STREAM}") >= PLAYERS, 60, what="the players to play")
+        wait_for(lambda: server.log().count(f"play {STREAM}, start=") >= PLAYERS, 60, what="the players to play")
         upgrades = []
         for n in (1, 2, 3):
             deadline = time.monotonic() + 3
