@@ -31,13 +31,13 @@ import tempfile
 import textwrap
 import threading
 import time
-import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from nonstop.config import load_text
 from tests.e2e.k8s_manifests import CONFIG_PATH, PodSpec
+from tests.e2e.ops_helpers import http_status
 from tests.e2e.test_cluster_harness import Net
 from tests.helpers import ROOT, port_open, wait_for
 
@@ -52,16 +52,6 @@ def _free_port(ip: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((ip, 0))
         return s.getsockname()[1]
-
-
-def http_status(url: str, timeout: float) -> int | None:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
-    except (urllib.error.URLError, OSError):
-        return None
 
 
 @dataclass
