@@ -42,15 +42,16 @@ test-deps: $(TEST_STAMP)
 	command -v haproxy >/dev/null || test -x /usr/sbin/haproxy || missing="$$missing haproxy"; \
 	if [ -n "$$missing" ]; then apt-get update -q && $(APT_INSTALL) $$missing; fi
 
-test: test-deps
-	$(PY) -m pytest -q -m 'not long' $(PYTEST_ARGS) tests
-
 # The manifests must also build with Debian's kubectl 1.20 (kustomize v2) when another kubectl is installed:
 # its package is unpacked into the venv (not installed) and the manifest tests compare the two builds.
 LEGACY_KUBECTL := $(VENV)/kubernetes-client/usr/bin/kubectl
-$(LEGACY_KUBECTL):
+$(LEGACY_KUBECTL): $(STAMP)
 	rm -rf $(VENV)/kubernetes-client && mkdir -p $(VENV)/kubernetes-client
-	cd $(VENV)/kubernetes-client && apt-get download kubernetes-client && dpkg -x kubernetes-client_*.deb .
+	cd $(VENV)/kubernetes-client && { apt-get download kubernetes-client 2>/dev/null || \
+		{ apt-get update -q && apt-get download kubernetes-client; }; } && dpkg -x kubernetes-client_*.deb .
+
+test: test-deps $(LEGACY_KUBECTL)
+	KUBECTL_EXTRA=$(abspath $(LEGACY_KUBECTL)) $(PY) -m pytest -q -m 'not long' $(PYTEST_ARGS) tests
 
 test-kustomize-v2: test-deps $(LEGACY_KUBECTL)
 	KUBECTL_EXTRA=$(abspath $(LEGACY_KUBECTL)) $(PY) -m pytest -q $(PYTEST_ARGS) tests/e2e/test_k8s_manifests.py
