@@ -1,5 +1,5 @@
-"""An edge's upstream across a handover to a new process: re-established, not handed over, without the edge's
-players noticing.
+"""An edge's upstream across a handover to a new process (the test hook, and a real upgrade): re-established, not
+handed over, without the edge's players noticing.
 
 The old edge process hands its source and its player (socket, session, position) to the new process, which
 has no upstream session for it. The new process pulls the stream again at once, and Resync joins the
@@ -15,6 +15,8 @@ import time
 
 import pytest
 
+from tests.e2e.test_upgrade import GAP_BOUND_S, GAP_GOAL_S, long_flv  # noqa: F401  (long_flv is a fixture)
+from tests.e2e.upgrade_helpers import TimedPlayer, UpgradeServer, assert_every_frame_once
 from tests.helpers import (Server, assert_frames_match_timestamps, finish_player, publish_file, start_player,
                            stop_proc, wait_for)
 
@@ -57,3 +59,38 @@ def test_edge_pull_is_re_established_after_a_handover_without_the_player_noticin
         stop_proc(publisher)
         for server in (old, new, origin):
             server.stop()
+
+
+def test_an_upgraded_edge_pulls_again_and_its_rtmp_and_flv_players_see_every_frame_once(long_flv):
+    """The real path (SIGUSR2 in master mode): the old edge worker hands its source and players to the new one,
+    which re-establishes the upstream pull; RTMP and HTTP-FLV players on the edge go on with no hole, no repeat."""
+    # min_latency on, at both: the worst gap then is the upgrade's (a pull re-established), not a 350 ms merge.
+    origin = Server(vhost_body="min_latency on;").start()
+    body = f"min_latency on; cluster {{ mode remote; origin 127.0.0.1:{origin.rtmp_port}; }}"
+    edge = UpgradeServer(vhost_body=body).start()
+    publisher = publish_file(origin.rtmp_url(), long_flv, loop=False)
+    players = []
+    try:
+        wait_for(lambda: "publish __defaultVhost__/live/livestream," in origin.log(), 15, what="publish")
+        players = [TimedPlayer(edge.rtmp_url(), 10).start(), TimedPlayer(edge.flv_url(), 10).start()]
+        wait_for(lambda: all(p.playing() for p in players), 20, what="the edge players to play")
+        time.sleep(2)   # mid-stream
+        took = edge.upgrade(1)
+        upgrade = edge.summaries()["upgrade"]
+        print(f"edge upgrade: {upgrade} (signal to done {took:.2f}s)")
+        assert upgrade["state"] == "done" and upgrade["handed_over"] >= 2 and upgrade["failed"] == 0, upgrade
+        wait_for(lambda: "re-establishing it" in edge.log() or "joined the upstream session" in edge.log(), 10,
+                 what="the new worker to pull again")
+        for player, what in zip(players, ("RTMP player", "HTTP-FLV player")):
+            result = player.finish(40)
+            print(f"{what}: {len(result.video_pts())} frames, worst gap {player.worst_gap() * 1000:.0f} ms "
+                  f"(goal {GAP_GOAL_S * 1000:.0f} ms)")
+            assert_every_frame_once(result, what=what)
+            assert player.worst_gap() <= GAP_BOUND_S
+    finally:
+        for player in players:
+            if player.proc is not None and player.proc.poll() is None:
+                player.proc.kill()
+        stop_proc(publisher)
+        edge.stop()
+        origin.stop()
