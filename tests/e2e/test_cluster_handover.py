@@ -89,8 +89,7 @@ def test_an_upgraded_edge_pulls_again_and_its_rtmp_and_flv_players_see_every_fra
             assert player.worst_gap() <= GAP_BOUND_S
     finally:
         for player in players:
-            if player.proc is not None and player.proc.poll() is None:
-                player.proc.kill()
+            player.kill()
         stop_proc(publisher)
         edge.stop()
         origin.stop()

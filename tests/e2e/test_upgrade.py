@@ -99,8 +99,7 @@ def test_three_upgrades_under_load_move_every_connection_without_a_lost_frame(lo
         assert set(readyz.codes) == {200} and readyz.codes[200] > 20, readyz.codes
     finally:
         for p in players:
-            if p.proc and p.proc.poll() is None:
-                p.proc.kill()
+            p.kill()
         if bench is not None and bench.poll() is None:
             bench.kill()
         stop_proc(publisher)
@@ -137,8 +136,7 @@ def test_a_new_worker_that_fails_is_rolled_back_and_the_old_one_serves_on(long_f
         assert 'nonstop_upgrades_total{result="rolled_back"} 1.0' in server.metrics()
     finally:
         for p in players:
-            if p.proc and p.proc.poll() is None:
-                p.proc.kill()
+            p.kill()
         stop_proc(publisher)
         server.stop()
 
@@ -170,8 +168,7 @@ def test_an_unknown_handover_schema_leaves_the_connections_draining_on_the_old_w
         wait_for(lambda: not process_alive(old[0]), 10, what="the old worker to exit once drained")
     finally:
         for p in players:
-            if p.proc and p.proc.poll() is None:
-                p.proc.kill()
+            p.kill()
         stop_proc(publisher)
         server.stop()
 
@@ -201,8 +198,8 @@ def test_killing_the_new_worker_mid_handover_leaves_what_did_not_move_playing_on
         assert second.poll() is None, "the second publisher kept its connection"
         assert not connect_refused(server.rtmp_port) and rtmp_connect_ok(server.rtmp_port)
     finally:
-        if player and player.proc.poll() is None:
-            player.proc.kill()
+        if player is not None:
+            player.kill()
         stop_proc(first)
         if second is not None:
             stop_proc(second)

@@ -68,6 +68,11 @@ class TimedPlayer:
     def playing(self) -> bool:
         return len(self.arrivals) >= 5
 
+    def kill(self) -> None:
+        """For a test's cleanup: end the player if it still runs."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+
     def finish(self, timeout: float) -> PlayResult:
         try:
             err = self.proc.stderr.read() if self.proc.wait(timeout) is not None else ""
