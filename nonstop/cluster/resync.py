@@ -178,12 +178,9 @@ def same_metadata(source, payload: bytes) -> bool:
 
 def _metadata_of(payload: bytes) -> dict | None:
     try:
-        values = amf0.decode_all(payload)
+        meta = amf0.metadata_object(amf0.decode_data_message(payload))
     except amf0.DecodeError:
         return None
-    if values and values[0] == "@setDataFrame":
-        values = values[1:]
-    if not values or values[0] != "onMetaData":
+    if meta is None:
         return None
-    meta = next((v for v in values[1:] if isinstance(v, dict)), {})
     return {k: v for k, v in meta.items() if k not in VOLATILE_METADATA}

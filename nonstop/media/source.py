@@ -155,14 +155,12 @@ class Source:
     def _on_data(self, payload: bytes) -> bytes | None:
         """`@setDataFrame`/`onMetaData`: keep the metadata, signed with our name (srs-reference.md §3)."""
         try:
-            values = amf0.decode_all(payload)
+            values = amf0.decode_data_message(payload)
         except amf0.DecodeError:
             return payload
-        if values and values[0] == "@setDataFrame":
-            values = values[1:]
-        if not values or values[0] != "onMetaData":
+        meta = amf0.metadata_object(values)
+        if meta is None:
             return amf0.encode(*values) if values else None
-        meta = next((v for v in values[1:] if isinstance(v, dict)), {})
         meta = amf0.EcmaArray((k, v) for k, v in meta.items() if k != "duration")
         meta["server"] = SERVER_NAME
         meta["server_version"] = __version__
@@ -343,8 +341,7 @@ class Source:
         self.info.video, self.info.audio = info["video"], info["audio"]
         if self.metadata is not None:
             try:
-                values = amf0.decode_all(self.metadata.payload)
-                self.info.metadata = dict(values[1]) if len(values) > 1 and isinstance(values[1], dict) else {}
+                self.info.metadata = dict(amf0.metadata_object(amf0.decode_all(self.metadata.payload)) or {})
             except amf0.DecodeError:
                 pass
         self.frames, self.recv_bytes = snap["frames"], snap["recv_bytes"]

@@ -305,6 +305,20 @@ def decode_all(data) -> list:
     return values
 
 
+def decode_data_message(data) -> list:
+    """The values of a data message, without the `@setDataFrame` an encoder (FMLE, FFmpeg) puts in front of
+    `onMetaData`. Raises DecodeError as `decode_all` does."""
+    values = decode_all(data)
+    return values[1:] if values and values[0] == "@setDataFrame" else values
+
+
+def metadata_object(values: list) -> dict | None:
+    """The object of an `onMetaData` data message ({} when it carries none), or None for any other message."""
+    if not values or values[0] != "onMetaData":
+        return None
+    return next((v for v in values[1:] if isinstance(v, dict)), {})
+
+
 _IN_PROGRESS = object()  # reference-table slot of a complex value still being decoded
 
 

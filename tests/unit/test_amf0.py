@@ -317,3 +317,14 @@ def test_encoding_beyond_max_depth_or_a_cycle_is_an_encode_error():
 def test_values_without_an_amf0_form_are_encode_errors(value):
     with pytest.raises(EncodeError):
         amf0.encode_value(value)
+
+
+def test_data_message_helpers_strip_set_data_frame_and_find_the_metadata_object():
+    meta = amf0.EcmaArray([("width", 1280.0)])
+    for payload in (amf0.encode("@setDataFrame", "onMetaData", meta), amf0.encode("onMetaData", meta)):
+        values = amf0.decode_data_message(payload)
+        assert values[0] == "onMetaData"
+        assert dict(amf0.metadata_object(values)) == {"width": 1280.0}
+    assert amf0.metadata_object(amf0.decode_data_message(amf0.encode("onMetaData"))) == {}
+    assert amf0.metadata_object(amf0.decode_data_message(amf0.encode("onCuePoint", 1.0))) is None
+    assert amf0.metadata_object([]) is None
