@@ -388,6 +388,7 @@ class Master(Upgrading):
         if self.quitting is None:
             sdnotify.stopping()
         self.quitting = "fast"
+        self._quit_during_upgrade()
         for worker in self.live_workers():
             worker.order("quit", graceful=False)
         self.listeners.close_all()
@@ -405,6 +406,7 @@ class Master(Upgrading):
         log.trace("main", f"sig={sig.value}, user start gracefully quit")
         sdnotify.stopping()
         self.quitting = "graceful"
+        self._quit_during_upgrade()
         workers = self.live_workers()
         if not workers:
             self.finish(EXIT_OK)
@@ -489,8 +491,15 @@ class Master(Upgrading):
             self._reload_progress()
 
     def reopen(self) -> None:
-        log.reopen()
-        log.warn("main", f"reopen log file, signo={signal.SIGUSR1.value}")
+        """Reopen the log file here, then have every worker reopen its own, whatever happened here: each process
+        logs its own result, and one that cannot reopen keeps writing to the file it had."""
+        try:
+            log.reopen()
+        except OSError as e:
+            log.error("main", f"reopen log file, signo={signal.SIGUSR1.value}: cannot reopen {log.path}: {e}; "
+                              f"the master keeps writing to the old one; the workers are told all the same")
+        else:
+            log.warn("main", f"reopen log file, signo={signal.SIGUSR1.value}")
         for worker in self.live_workers():
             worker.order("reopen")
 
