@@ -454,10 +454,16 @@ class Master(Upgrading):
                 log.warn("main", f"reload: {key} changes only at a restart; it stays {changes[key][0]!r} until then")
                 setattr(new, key, changes[key][0])
         try:
+            configure_logging(new)
+        except OSError as e:    # as nginx: a log file that cannot be opened fails the reload
+            self._restore_logging()
+            return self._reload_failed(f"reload failed, the old config keeps running: cannot open the log file "
+                                       f"{new.log_file}: {e}")
+        try:
             plan = self.listeners.plan(new)
         except OSError as e:
+            self._restore_logging()
             return self._reload_failed(f"reload failed, the old config keeps running: cannot listen: {e}")
-        configure_logging(new)
         self.config = new
         log.trace("main", "reload changes: " + (", ".join(sorted(changes)) or "none"))
         fds = [sock.fileno() for sock in plan.add.values()]
@@ -470,6 +476,12 @@ class Master(Upgrading):
         self.reload_id += 1
         self._later(RELOAD_ACK_TIMEOUT_S, self._reload_timeout, self.reload_id)
         self._reload_progress()
+
+    def _restore_logging(self) -> None:
+        try:
+            configure_logging(self.config)
+        except OSError as e:
+            log.error("main", f"cannot reopen the log file {self.config.log_file} either: {e}")
 
     def _reload_failed(self, message: str) -> None:
         log.error("main", message)

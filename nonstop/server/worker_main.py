@@ -274,7 +274,16 @@ class WorkerProcess:
         else:
             for warning in config.warnings:
                 log.warn("config", warning)
-            configure_logging(config)
+            try:
+                configure_logging(config)
+            except OSError as e:
+                # The listeners and the rest of the config must still follow the master's plan.
+                error = f"cannot open the log file {config.log_file}: {e}; still writing to the old one"
+                try:
+                    configure_logging(self.worker.config)
+                except OSError:
+                    pass
+                log.error("worker", error)
         await self.serving.reload(config, add, remove)
         raise_nofile_limit(config.max_connections)
         log.trace("worker", f"reloaded; listeners: {self.serving.describe()}")

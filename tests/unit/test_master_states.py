@@ -426,6 +426,30 @@ def test_a_broken_config_is_refused_and_the_workers_are_not_told(make, tmp_path,
     assert "cannot read" in logged.getvalue() and not h.master.reloading
 
 
+def test_a_reload_whose_log_file_cannot_be_opened_is_refused_and_the_next_one_works(make, tmp_path, monkeypatch,
+                                                                                   logged):
+    path = tmp_path / "nonstop.conf"
+    path.write_text(CONFIG.format(extra=""))
+    h = make(path=path)
+    configured = []
+
+    def configure(config):
+        if config.log_tank == "file" and "missing" in config.log_file:
+            raise NotADirectoryError(errno.ENOTDIR, "Not a directory", config.log_file)
+        configured.append(config)
+    monkeypatch.setattr(master_mod, "configure_logging", configure)
+    path.write_text(CONFIG.format(extra="").replace("srs_log_tank console;",
+                                                    "srs_log_tank file; srs_log_file /missing/x.log;"))
+    h.master.handle_hup()
+    assert "reload failed, the old config keeps running: cannot open the log file /missing/x.log" in \
+        logged.getvalue()
+    assert not h.master.reloading and h.ops(h.master.workers[0]) == []
+    assert configured == [h.master.config] and h.master.config.log_tank == "console", "the old log is back"
+    path.write_text(CONFIG.format(extra="max_connections 9;"))
+    h.master.handle_hup()
+    assert h.ops(h.master.workers[0]) == ["reload"], "a later reload is not refused as 'not finished'"
+
+
 def test_a_reload_or_an_upgrade_is_refused_during_a_quit(make, tmp_path, logged):
     path = tmp_path / "nonstop.conf"
     path.write_text(CONFIG.format(extra=""))
