@@ -91,7 +91,16 @@ class Master(Upgrading):
 
     def run(self) -> int:
         config = self.config
-        configure_logging(config)
+        try:
+            configure_logging(config)
+        except OSError as e:
+            message = f"cannot open the log file {config.log_file}: {e}"
+            if up.STATE_ENV not in os.environ:
+                print(f"nonstop: {message}", file=sys.stderr)     # as nginx: a start fails, before anything
+                return EXIT_RUNTIME
+            # The same master after an upgrade's execve: it has workers to look after; it logs to stderr.
+            log.configure(config.log_level, "console")
+            log.error("main", f"{message}; logging to stderr")
         for warning in config.warnings:
             log.warn("config", warning)
         try:

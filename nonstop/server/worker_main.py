@@ -71,7 +71,11 @@ def tune_gc() -> None:
 def run_worker(config) -> int:
     for sig in MASTER_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
-    configure_logging(config)
+    try:
+        configure_logging(config)
+    except OSError as e:    # the master opened it a moment ago; log to its stderr, as the master does then
+        log.configure(config.log_level, "console")
+        log.error("worker", f"cannot open the log file {config.log_file}: {e}; logging to stderr")
     tune_gc()
     try:
         spec = json.loads(os.environ.pop(WORKER_ENV))

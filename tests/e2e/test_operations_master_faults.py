@@ -17,7 +17,7 @@ import pytest
 
 from nonstop.server.lifecycle import KICK_FLUSH_S
 from tests.e2e.ops_helpers import OpsServer, http_status, measure, process_alive, rtmp_connect_ok
-from tests.helpers import publish_file, start_player, stop_proc, wait_for
+from tests.helpers import free_port, publish_file, run_nonstop, start_player, stop_proc, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -175,3 +175,14 @@ def test_a_quit_during_the_upgrades_start_phase_is_logged_as_such_and_completes(
         assert not [pid for pid in server.worker_pids() if process_alive(pid)], "every worker exited"
     finally:
         server.stop()
+
+
+def test_a_start_whose_log_file_cannot_be_opened_fails_with_a_message_not_a_traceback(tmp_path):
+    (tmp_path / "file").write_text("")
+    conf = tmp_path / "nonstop.conf"
+    conf.write_text(f"listen 127.0.0.1:{free_port()};\ndaemon off;\npid {tmp_path}/nonstop.pid;\n"
+                    f"srs_log_tank file;\nsrs_log_file {tmp_path}/file/nonstop.log;\nvhost __defaultVhost__ {{ }}\n")
+    result = run_nonstop("-c", str(conf), timeout=20)
+    assert result.returncode == 1, result
+    assert f"nonstop: cannot open the log file {tmp_path}/file/nonstop.log: " in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
