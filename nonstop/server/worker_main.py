@@ -40,9 +40,10 @@ from nonstop.server.worker import Worker
 UPGRADE_FAIL_ENV = "NONSTOP_TEST_UPGRADE_FAIL"
 # At exit, how long a takeover that never started may take to notice its socket was shut down.
 TAKEOVER_STOP_S = 1.0
-# What the master handles; a worker must never die of, or act on, a signal meant for the master. SIGTERM is
-# ignored until the worker's loop handles it (a fast quit of the worker).
-MASTER_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+# What the master handles; a worker must never die of, or act on, a signal meant for the master. SIGTERM is not
+# one of them: it is a fast quit of the worker, and kills it outright until its loop handles it (at start, when
+# it holds no connection).
+MASTER_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 # An orphan's drain bound when grace_max_wait is 0 (no bound). Short, because until it exits its publishers are
 # not on the new master's worker, where new viewers land: 10 s lets a short play (a probe, a clip) end, and
 # then everyone reconnects to the new server together.
@@ -71,6 +72,7 @@ def tune_gc() -> None:
 def run_worker(config) -> int:
     for sig in MASTER_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         configure_logging(config)
     except OSError as e:    # the master opened it a moment ago; log to its stderr, as the master does then
