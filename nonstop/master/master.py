@@ -265,7 +265,13 @@ class Master(Upgrading):
         for message, fds in messages:
             for fd in fds:          # workers never send fds to the master
                 os.close(fd)
-            self._on_report(worker, message)
+            try:
+                self._on_report(worker, message)
+            except (TypeError, ValueError, AttributeError, KeyError) as e:
+                # A report of another build's shape (an upgrade runs two builds side by side): the ones after
+                # it still count.
+                log.error("main", f"cannot use the report {message.get('op')!r} from worker pid={worker.pid}: "
+                                  f"{e!r}; ignored")
 
     def _on_report(self, worker: WorkerProcess, message: dict) -> None:
         op = message["op"]

@@ -381,6 +381,20 @@ def test_a_channel_closed_by_the_worker_is_forgotten_and_its_exit_handled(make):
     assert h.loop.pending() == [(BACKOFF_MIN_S, "_respawn")]
 
 
+def test_a_report_of_an_unexpected_shape_is_logged_and_the_next_ones_still_count(make, logged):
+    h = make(started=False)
+    worker = h.master.spawn()
+    end = h.ends[worker.pid]
+    end.send("listeners_closed", keys=5)         # not a list
+    end.send("no_such_report")
+    end.send("ready", pid=worker.pid)           # in the same read as the two above
+    callback, args = h.loop.readers[worker.channel.fileno()]
+    callback(*args)
+    text = logged.getvalue()
+    assert "cannot use the report 'listeners_closed'" in text and "unknown report 'no_such_report'" in text
+    assert worker.state == SERVING and h.master.ever_ready
+
+
 # ----- reload and reopen ---------------------------------------------------------------------------------------
 
 def test_a_reload_waits_for_every_worker_and_a_worker_exit_counts_as_done(make, tmp_path, logged):
