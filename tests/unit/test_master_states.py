@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import io
+import os
 import signal
 import socket
 import threading
@@ -636,3 +637,25 @@ def test_a_port_held_through_every_try_fails_the_start(monkeypatch, logged):
         assert f"({sockets_mod.BIND_TRIES - 1}/{sockets_mod.BIND_TRIES})" in logged.getvalue()
     finally:
         holder.close()
+
+
+# ----- after an upgrade's execve ---------------------------------------------------------------------------------
+
+def test_workers_left_by_the_previous_image_are_adopted_with_their_state_and_channel(make):
+    h = make(started=False)
+    ours, theirs = socketpair()
+    pid = os.posix_spawn("/bin/sh", ["sh", "-c", "exit 3"], os.environ)
+    h.master._adopt_workers([{"pid": pid, "channel": ours.detach(), "state": DRAINING, "generation": 4}])
+    worker, = h.master.workers
+    assert (worker.pid, worker.state, worker.generation) == (pid, DRAINING, 4)
+    assert Channel(theirs).send("ready", pid=pid)
+    callback, args = h.loop.readers[worker.channel.fileno()]
+    callback(*args)
+    assert worker.state == DRAINING, "a draining worker stays draining"
+    deadline = time.monotonic() + 5
+    while worker.proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert worker.proc.returncode == 3, "reaped with waitpid: it is still our child"
+    h.master.handle_quit()
+    h.master.handle_chld()
+    assert h.result == EXIT_OK and not h.master.workers
