@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import os
 import signal
 import socket
@@ -659,3 +660,40 @@ def test_workers_left_by_the_previous_image_are_adopted_with_their_state_and_cha
     h.master.handle_quit()
     h.master.handle_chld()
     assert h.result == EXIT_OK and not h.master.workers
+
+
+def test_spawn_passes_the_channel_the_listeners_and_the_handover_end_and_nothing_else(make, monkeypatch):
+    h = make(started=False)
+    del h.master.spawn
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    h.master.listeners.sockets["rtmp test"] = sock
+    calls = []
+
+    class RecordingPopen:
+        def __init__(self, args, **kwargs):
+            calls.append((args, kwargs))
+            self.pid = 4242
+            self.returncode = None
+
+        def poll(self):
+            return self.returncode
+    monkeypatch.setattr(master_mod.subprocess, "Popen", RecordingPopen)
+    monkeypatch.setenv("NOTIFY_SOCKET", "/run/systemd/notify")
+    worker = h.master.spawn()
+    handover_ours, handover_theirs = socket.socketpair()
+    candidate = h.master.spawn(handover=handover_theirs)
+    try:
+        (args, kwargs), (_, kwargs2) = calls
+        assert args[-1] == "--worker" and kwargs["process_group"] == 0, "its own process group: ^C is the master's"
+        spec = json.loads(kwargs["env"][master_mod.WORKER_ENV])
+        assert spec["listeners"] == [["rtmp test", sock.fileno()]] and spec["generation"] == 1
+        assert sorted(kwargs["pass_fds"]) == sorted([spec["control"], sock.fileno()])
+        assert "NOTIFY_SOCKET" not in kwargs["env"], "only the master talks to systemd"
+        spec2 = json.loads(kwargs2["env"][master_mod.WORKER_ENV])
+        assert spec2["generation"] == 2 and spec2["handover"] == handover_theirs.fileno()
+        assert handover_theirs.fileno() in kwargs2["pass_fds"]
+        assert worker.state == STARTING and candidate.generation == 2 and h.master.workers == [worker, candidate]
+    finally:
+        handover_ours.close()
+        handover_theirs.close()
