@@ -91,7 +91,16 @@ class Master(Upgrading):
 
     def run(self) -> int:
         config = self.config
-        configure_logging(config)
+        try:
+            configure_logging(config)
+        except OSError as e:
+            message = f"cannot open the log file {config.log_file}: {e}"
+            if up.STATE_ENV not in os.environ:
+                print(f"nonstop: {message}", file=sys.stderr)     # as nginx: a start fails, before anything
+                return EXIT_RUNTIME
+            # The same master after an upgrade's execve: it has workers to look after; it logs to stderr.
+            log.configure(config.log_level, "console")
+            log.error("main", f"{message}; logging to stderr")
         for warning in config.warnings:
             log.warn("config", warning)
         try:
@@ -256,7 +265,13 @@ class Master(Upgrading):
         for message, fds in messages:
             for fd in fds:          # workers never send fds to the master
                 os.close(fd)
-            self._on_report(worker, message)
+            try:
+                self._on_report(worker, message)
+            except (TypeError, ValueError, AttributeError, KeyError) as e:
+                # A report of another build's shape (an upgrade runs two builds side by side): the ones after
+                # it still count.
+                log.error("main", f"cannot use the report {message.get('op')!r} from worker pid={worker.pid}: "
+                                  f"{e!r}; ignored")
 
     def _on_report(self, worker: WorkerProcess, message: dict) -> None:
         op = message["op"]
@@ -388,6 +403,7 @@ class Master(Upgrading):
         if self.quitting is None:
             sdnotify.stopping()
         self.quitting = "fast"
+        self._quit_during_upgrade()
         for worker in self.live_workers():
             worker.order("quit", graceful=False)
         self.listeners.close_all()
@@ -405,6 +421,7 @@ class Master(Upgrading):
         log.trace("main", f"sig={sig.value}, user start gracefully quit")
         sdnotify.stopping()
         self.quitting = "graceful"
+        self._quit_during_upgrade()
         workers = self.live_workers()
         if not workers:
             self.finish(EXIT_OK)
@@ -452,10 +469,16 @@ class Master(Upgrading):
                 log.warn("main", f"reload: {key} changes only at a restart; it stays {changes[key][0]!r} until then")
                 setattr(new, key, changes[key][0])
         try:
+            configure_logging(new)
+        except OSError as e:    # as nginx: a log file that cannot be opened fails the reload
+            self._restore_logging()
+            return self._reload_failed(f"reload failed, the old config keeps running: cannot open the log file "
+                                       f"{new.log_file}: {e}")
+        try:
             plan = self.listeners.plan(new)
         except OSError as e:
+            self._restore_logging()
             return self._reload_failed(f"reload failed, the old config keeps running: cannot listen: {e}")
-        configure_logging(new)
         self.config = new
         log.trace("main", "reload changes: " + (", ".join(sorted(changes)) or "none"))
         fds = [sock.fileno() for sock in plan.add.values()]
@@ -468,6 +491,12 @@ class Master(Upgrading):
         self.reload_id += 1
         self._later(RELOAD_ACK_TIMEOUT_S, self._reload_timeout, self.reload_id)
         self._reload_progress()
+
+    def _restore_logging(self) -> None:
+        try:
+            configure_logging(self.config)
+        except OSError as e:
+            log.error("main", f"cannot reopen the log file {self.config.log_file} either: {e}")
 
     def _reload_failed(self, message: str) -> None:
         log.error("main", message)
@@ -489,8 +518,15 @@ class Master(Upgrading):
             self._reload_progress()
 
     def reopen(self) -> None:
-        log.reopen()
-        log.warn("main", f"reopen log file, signo={signal.SIGUSR1.value}")
+        """Reopen the log file here, then have every worker reopen its own, whatever happened here: each process
+        logs its own result, and one that cannot reopen keeps writing to the file it had."""
+        try:
+            log.reopen()
+        except OSError as e:
+            log.error("main", f"reopen log file, signo={signal.SIGUSR1.value}: cannot reopen {log.path}: {e}; "
+                              f"the master keeps writing to the old one; the workers are told all the same")
+        else:
+            log.warn("main", f"reopen log file, signo={signal.SIGUSR1.value}")
         for worker in self.live_workers():
             worker.order("reopen")
 

@@ -12,9 +12,11 @@ is bound, a listener that only changed kind keeps its socket under the new key, 
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import socket
+import time
 from dataclasses import dataclass, field
 
 from nonstop.config.values import Endpoint
@@ -27,6 +29,10 @@ API = "api"
 
 # systemd passes activated sockets from this fd on (sd_listen_fds(3): SD_LISTEN_FDS_START).
 SD_LISTEN_FDS_START = 3
+# At start, a port still held (an old instance or an orphaned worker letting go of it) is tried again, as nginx
+# does: 5 tries, 0.5 s apart, each failure logged, before the start fails.
+BIND_TRIES = 5
+BIND_RETRY_S = 0.5
 LISTEN_ENV = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
 WILDCARD_HOSTS = ("0.0.0.0", "::")
 
@@ -136,7 +142,7 @@ class ListenerSet:
                     self.sockets[key] = match[1]
                     log.trace("main", f"listen {key}: adopted from systemd ({match[0]}, fd {match[1].fileno()})")
                 else:
-                    self.sockets[key] = bind_listener(ep.host, ep.port, reuse_port=config.reuse_port)
+                    self.sockets[key] = _bind_with_retries(key, ep, config.reuse_port)
         except OSError:
             self.close_all()
             for _, sock in adopted:
@@ -195,6 +201,19 @@ class ListenerSet:
 
     def describe(self) -> str:
         return ", ".join(self.sockets) or "none"
+
+
+def _bind_with_retries(key: str, ep: Endpoint, reuse_port: bool) -> socket.socket:
+    for attempt in range(1, BIND_TRIES + 1):
+        try:
+            return bind_listener(ep.host, ep.port, reuse_port=reuse_port)
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE or attempt == BIND_TRIES:
+                raise
+            log.warn("main", f"listen {key}: {e.strerror}; trying again in {BIND_RETRY_S}s "
+                             f"({attempt}/{BIND_TRIES})")
+            time.sleep(BIND_RETRY_S)
+    raise AssertionError("unreachable")
 
 
 def _address(sock: socket.socket) -> str:

@@ -4,8 +4,9 @@
 
 An upgrade goes `checking` (run `nonstop -t` with the code on disk) -> `reexec` (the master execs itself) ->
 `starting` (a new worker starts, bounded by `upgrade_timeout`) -> `handing_over` (the old worker hands its
-connections over) -> `done`. It ends early as `failed` (the config check failed) or `rolled_back` (the new worker
-exited or was not ready in time; the old worker kept serving). Only one may be in flight; an upgrade is over
+connections over) -> `done`. It ends early as `failed` (the config check failed), `rolled_back` (the new worker
+exited or was not ready in time; the old worker kept serving) or `abandoned` (a quit began before the handover:
+nothing is handed over, every worker quits). Only one may be in flight; an upgrade is over
 when the handover is done, not when the old worker has exited (it may still drain leftovers).
 """
 
@@ -22,8 +23,11 @@ HANDING_OVER = "handing_over"
 DONE = "done"
 FAILED = "failed"
 ROLLED_BACK = "rolled_back"
+ABANDONED = "abandoned"
 IN_FLIGHT = (CHECKING, REEXEC, STARTING, HANDING_OVER)
-RESULTS = (DONE, FAILED, ROLLED_BACK)
+# Before the handover: a quit that begins then ends the upgrade as ABANDONED.
+BEFORE_HANDOVER = (CHECKING, REEXEC, STARTING)
+RESULTS = (DONE, FAILED, ROLLED_BACK, ABANDONED)
 
 # The re-exec'd master finds its past self here (JSON, see MasterState).
 STATE_ENV = "NONSTOP_MASTER_STATE"

@@ -239,6 +239,22 @@ class Upgrading:
             self.generation = new.generation - 1
         self._end_upgrade(up.ROLLED_BACK, why if self.quitting else f"{why}; the old worker keeps serving")
 
+    def _quit_during_upgrade(self) -> None:
+        """A quit began (self.quitting is set). An upgrade still checking or starting ends here, as abandoned:
+        nothing will be handed over, and its new worker, no longer a candidate, gets the quit order with the
+        others and quits like them (a graceful quit drains what it accepted meanwhile). A quit during the
+        handover is left to the handover's own path."""
+        state = self.upgrade.state
+        if state not in up.BEFORE_HANDOVER:
+            return
+        for new in [w for w in self.workers if w.candidate]:
+            new.candidate = False
+            if new.handover_end is not None:
+                new.handover_end.close()
+                new.handover_end = None
+        phase = {up.CHECKING: "the config check", up.REEXEC: "the re-exec", up.STARTING: "start"}[state]
+        self._end_upgrade(up.ABANDONED, f"{self.quitting} quit during {phase}; no handover, every worker quits")
+
     def _end_upgrade(self, result: str, why: str) -> None:
         if not self.upgrade.in_flight:
             return
@@ -248,6 +264,8 @@ class Upgrading:
             log.trace("main", f"upgrade done: generation {self.generation}, handed_over={u.handed_over}, "
                               f"failed={u.failed}, drained={u.drained}, total_ms={u.total_ms:.1f}, "
                               f"worst_ms={u.worst_ms:.1f}")
+        elif result == up.ABANDONED:
+            log.warn("main", f"upgrade ended: {why}")
         else:
             log.error("main", f"upgrade {result}: {why}")
         sdnotify.ready()

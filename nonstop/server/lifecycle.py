@@ -12,6 +12,10 @@ Graceful quit (srs-reference.md §1, with nonstop's Beyond items):
 5. after `grace_final_wait` ms the process exits 0.
 A fast quit (at any time, also during a drain) closes everything at once.
 
+An orphan (the master was killed: `orphaned()`) closes every listener at once, the API's included, so a new
+master can bind the same ports; it drains for at most the bound it is given and exits, with no start or final
+wait. A fast quit ends that drain too.
+
 Listening sockets handed to `start()` and `update_listeners()` become this process's: it closes them (the owner,
 the master or the single process, keeps its own copies).
 """
@@ -60,6 +64,8 @@ class Serving:
         # handover breaks and it must serve again); its drain skips the grace start and final waits.
         self._retired: dict[str, socket.socket] = {}
         self.retiring = False
+        self.orphan = False             # the master is gone: see orphaned()
+        self._shutting_down = False     # _shutdown() began: a drain task must not be cancelled any more
         worker.ready = False
         worker.draining = False
 
@@ -172,12 +178,20 @@ class Serving:
         for sock in self.api_socks.values():
             sock.close()
         self.api_socks.clear()
+        if self.orphan:     # the master died while the API let go: nothing will serve these again
+            for sock in kept.values():
+                sock.close()
+            kept = {}
         self._retired = kept
         log.trace("main", f"stopped accepting on {', '.join(kept) or '(none)'}: the new worker serves them")
 
     async def unretire(self) -> None:
-        """Serve the listeners again, after a broken handover."""
+        """Serve the listeners again, after a broken handover (unless a quit began meanwhile: then close them)."""
         kept, self._retired = self._retired, {}
+        if self.quitting is not None:
+            for sock in kept.values():
+                sock.close()
+            return
         await self.update_listeners(kept, [])
         log.trace("main", f"serving again: {self.describe()}")
 
@@ -213,6 +227,52 @@ class Serving:
         if self._task is not None:
             self._task.cancel()
         self._task = asyncio.get_running_loop().create_task(self._fast())
+
+    def orphaned(self, max_wait_ms: int) -> None:
+        """The master is gone. Let go of every listener at once (the API's too: a new master must be able to
+        bind every port), drain for at most `max_wait_ms` (0: not at all), and exit. It takes over a graceful
+        quit under way (whose start wait would hold the ports, and whose drain may be unbounded); a fast quit
+        under way, or one begun later, wins."""
+        if self.quitting == QUIT_FAST or self.orphan or self._shutting_down:
+            return
+        self.orphan = True
+        self.worker.ready = False
+        self.worker.draining = True
+        if self.quitting is None and self.on_draining:
+            self.on_draining()
+        self.quitting = QUIT_GRACEFUL
+        if self._task is not None:
+            self._task.cancel()
+        self._task = asyncio.get_running_loop().create_task(self._orphan_drain(max_wait_ms))
+
+    async def _orphan_drain(self, max_wait_ms: int) -> None:
+        await self._close_every_listener()
+        if max_wait_ms > 0:
+            await self._wait_for_conns(max_wait_ms)
+        elif self.worker.conns:
+            self.close_for_quit("orphaned worker: no drain")
+            await self._wait_closed(KICK_FLUSH_S)
+        await self._shutdown()
+        log.trace("main", "orphaned worker quit")
+        self._finish(0)
+
+    async def _close_every_listener(self) -> None:
+        closed = [*self.servers, *self.api_socks, *self._retired]
+        for servers in self.servers.values():
+            for server in servers:
+                self._close_server(server)
+        self.servers.clear()
+        if self.api is not None:
+            try:
+                await self.api.set_sockets([])
+            except Exception as e:
+                log.warn("api", f"the HTTP API did not let go of its listeners: {e!r}")
+        for sock in [*self.api_socks.values(), *self._retired.values()]:
+            sock.close()
+        self.api_socks.clear()
+        self._retired = {}
+        log.trace("main", f"closed every listener ({', '.join(dict.fromkeys(closed)) or 'none'}); a new master "
+                          f"can bind them")
 
     async def wait(self) -> int:
         """Until the quit is over; the exit code."""
@@ -291,6 +351,7 @@ class Serving:
             await asyncio.sleep(DRAIN_POLL_S)
 
     async def _shutdown(self) -> None:
+        self._shutting_down = True
         for servers in self.servers.values():
             for server in servers:
                 self._close_server(server)

@@ -2,8 +2,15 @@
 connection on listening sockets it inherits, and takes its orders from the master on the control channel.
 
 Signals are the master's business: the worker ignores the ones the master handles (it runs in its own process
-group, so a terminal's ^C reaches the master only, and a stray group-wide signal changes nothing). If the
-control channel closes, the master is gone, and the worker quits gracefully on its own.
+group, so a terminal's ^C reaches the master only, and a stray group-wide signal changes nothing), except
+SIGTERM, which is a fast quit of this worker in any state (an orphan's way out; send the others to the master).
+
+If the control channel closes, the master is gone (killed: a master that quits orders its workers first). The
+master's end of the channel is held by the master alone (close-on-exec, made inheritable only across its own
+upgrade execve, which keeps its pid and so stays the same master), so the channel's EOF is the one sign that
+is needed; PR_SET_PDEATHSIG is not used (it fires on the death of the parent *thread* and needs care around
+the master's threads). The orphan then closes every listener at once, the API's included, so a new master can
+bind the same ports, drains for at most grace_max_wait (ORPHAN_DRAIN_MAX_S when that is 0) and exits.
 
 Everything is imported at start (architecture decision 9), by importing this module.
 """
@@ -23,7 +30,7 @@ from nonstop.config import ConfigError, load
 from nonstop.handover import transfer, wire  # noqa: F401  (imported at start, decision 9)
 from nonstop.log import log
 from nonstop.master.channel import WORKER_ENV, Channel
-from nonstop.server.lifecycle import Serving
+from nonstop.server.lifecycle import QUIT_FAST, Serving
 from nonstop.master.limits import raise_nofile_limit
 from nonstop.server.run import configure_logging
 from nonstop.server.worker import Worker
@@ -33,8 +40,19 @@ from nonstop.server.worker import Worker
 UPGRADE_FAIL_ENV = "NONSTOP_TEST_UPGRADE_FAIL"
 # At exit, how long a takeover that never started may take to notice its socket was shut down.
 TAKEOVER_STOP_S = 1.0
-# What the master handles; a worker must never die of, or act on, a signal meant for the master.
-MASTER_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+# What the master handles; a worker must never die of, or act on, a signal meant for the master. SIGTERM is not
+# one of them: it is a fast quit of the worker, and kills it outright until its loop handles it (at start, when
+# it holds no connection).
+MASTER_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+# An orphan's drain bound when grace_max_wait is 0 (no bound). Short, because until it exits its publishers are
+# not on the new master's worker, where new viewers land: 10 s lets a short play (a probe, a clip) end, and
+# then everyone reconnects to the new server together.
+ORPHAN_DRAIN_MAX_S = 10.0
+
+
+def orphan_drain_ms(config) -> int:
+    """How long an orphaned worker drains: grace_max_wait, or ORPHAN_DRAIN_MAX_S when that is 0 (no bound)."""
+    return config.grace_max_wait or int(ORPHAN_DRAIN_MAX_S * 1000)
 
 
 # The media path allocates a Packet and a few small containers per message (9,000 a second with 200
@@ -54,7 +72,12 @@ def tune_gc() -> None:
 def run_worker(config) -> int:
     for sig in MASTER_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
-    configure_logging(config)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        configure_logging(config)
+    except OSError as e:    # the master opened it a moment ago; log to its stderr, as the master does then
+        log.configure(config.log_level, "console")
+        log.error("worker", f"cannot open the log file {config.log_file}: {e}; logging to stderr")
     tune_gc()
     try:
         spec = json.loads(os.environ.pop(WORKER_ENV))
@@ -104,6 +127,7 @@ class WorkerProcess:
     async def run(self, listeners: dict[str, socket.socket], handover: socket.socket | None = None) -> int:
         loop = asyncio.get_running_loop()
         await self.serving.start(listeners)
+        loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
         loop.add_reader(self.channel.fileno(), self._on_readable)
         orders = loop.create_task(self._carry_out_orders())
         if handover is not None:
@@ -173,14 +197,24 @@ class WorkerProcess:
 
     # ----- orders ------------------------------------------------------------------------------------------
 
+    def _on_sigterm(self) -> None:
+        log.trace("worker", f"sig={signal.SIGTERM.value}, worker fast quit")
+        self.serving.quit(graceful=False)
+
+    def _master_gone(self) -> None:
+        if self.serving.quitting == QUIT_FAST:
+            return
+        bound = orphan_drain_ms(self.worker.config)
+        log.error("worker", f"the master pid={self.worker.master_pid} is gone (control channel closed): closing "
+                            f"every listener, draining for at most {bound} ms, then exiting")
+        self.serving.orphaned(bound)
+
     def _on_readable(self) -> None:
         messages = self.channel.receive()
         if messages is None:
             asyncio.get_running_loop().remove_reader(self.channel.fileno())
             self.channel.close()
-            if self.serving.quitting is None:
-                log.error("worker", "the master is gone (control channel closed); quitting gracefully")
-                self.serving.quit(graceful=True)
+            self._master_gone()
             return
         for message, fds in messages:
             self._orders.put_nowait((message, fds))
@@ -201,8 +235,12 @@ class WorkerProcess:
             self.serving.quit(graceful=bool(message.get("graceful")))
         elif op == "reopen":
             _close_fds(fds)
-            log.reopen()
-            log.trace("worker", "reopened the log file")
+            try:
+                log.reopen()
+            except OSError as e:
+                log.error("worker", f"cannot reopen the log file {log.path}: {e}; still writing to the old one")
+            else:
+                log.trace("worker", "reopened the log file")
         elif op == "reload":
             await self._reload(message, fds)
         elif op == "handover":
@@ -242,7 +280,16 @@ class WorkerProcess:
         else:
             for warning in config.warnings:
                 log.warn("config", warning)
-            configure_logging(config)
+            try:
+                configure_logging(config)
+            except OSError as e:
+                # The listeners and the rest of the config must still follow the master's plan.
+                error = f"cannot open the log file {config.log_file}: {e}; still writing to the old one"
+                try:
+                    configure_logging(self.worker.config)
+                except OSError:
+                    pass
+                log.error("worker", error)
         await self.serving.reload(config, add, remove)
         raise_nofile_limit(config.max_connections)
         log.trace("worker", f"reloaded; listeners: {self.serving.describe()}")

@@ -21,7 +21,7 @@ def test_an_upgrade_goes_checking_reexec_starting_handing_over_then_done():
     assert not u.in_flight
     assert u.as_dict() == {"state": "done", "reason": "", "started_ms": 1000, "finished_ms": 1500,
                            "handed_over": 5, "failed": 1, "drained": 2, "total_ms": 12.5, "worst_ms": 7.2}
-    assert u.results == {"done": 1, "failed": 0, "rolled_back": 0}
+    assert u.results == {"done": 1, "failed": 0, "rolled_back": 0, "abandoned": 0}
 
 
 def test_only_one_upgrade_may_be_in_flight_and_states_never_go_back():
@@ -48,7 +48,7 @@ def test_a_new_upgrade_starts_its_figures_afresh_but_the_totals_run_on():
     u.begin(3)
     assert (u.handed_over, u.finished_ms, u.histogram.count) == (0, 0, 1)
     u.finish(up.FAILED, 4, "config check")
-    assert u.results == {"done": 1, "failed": 1, "rolled_back": 0}
+    assert u.results == {"done": 1, "failed": 1, "rolled_back": 0, "abandoned": 0}
 
 
 def test_the_histogram_counts_per_bucket_and_reports_cumulative_counts():
