@@ -39,8 +39,8 @@ from nonstop.api.metrics import is_ready, make_registry, worker_totals
 from nonstop.api.stats import SAMPLE_STEP_S, ApiStats, client_type
 from nonstop.cluster.answer import add_clusters_routes
 from nonstop.log import log
-from nonstop.server.listeners import LISTEN_BACKLOG
-from nonstop.server.worker import LISTENER_HTTP
+from nonstop.master.sockets import HTTP as LISTENER_HTTP
+from nonstop.master.sockets import LISTEN_BACKLOG
 
 # The stats tick: CPU meters every tick, the clients' kbps samples and stream totals every SAMPLE_STEP_S.
 TICK_S = 1.0
