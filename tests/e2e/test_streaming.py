@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 import urllib.error
@@ -26,6 +27,24 @@ def wait_published(server: Server, stream: str = "livestream", timeout: float = 
         except (urllib.error.URLError, OSError):
             return False
     wait_for(ready, timeout, interval=0.2, what=f"stream {stream} to be published")
+
+
+LOG_LINE = re.compile(r"^\[[^]]*\]\[\w+\]\[\d+\]\[([^]]+)\] (.*)$")
+
+
+def conns_logging(log: str, steps: list[str]) -> list[str]:
+    """The cids whose log lines start with each of `steps`, in that order (other lines may come between)."""
+    by_cid: dict[str, list[str]] = {}
+    for line in log.splitlines():
+        m = LOG_LINE.match(line)
+        if m:
+            by_cid.setdefault(m.group(1), []).append(m.group(2))
+    found = []
+    for cid, messages in by_cid.items():
+        todo = iter(messages)
+        if all(any(message.startswith(step) for message in todo) for step in steps):
+            found.append(cid)
+    return found
 
 
 def assert_clean_decode(result) -> None:
@@ -59,9 +78,18 @@ def test_live_publish_plays_over_rtmp_and_http_flv_with_server_version(server):
         assert probe["format"]["tags"].get("server_version") == __version__
     finally:
         stop_proc(publisher)
-    log = server.log()
-    for word in ("connect", "publish", "play", "unpublish", "close"):
-        assert word in log
+    # One log line per event, under each connection's cid: the publisher's connect, publish, unpublish and close,
+    # each RTMP player's connect, play and close, each HTTP-FLV player's play and close.
+    key = "__defaultVhost__/live/livestream"
+    connect = f"connect ip=127.0.0.1, vhost=__defaultVhost__, app=live, tcUrl=rtmp://127.0.0.1:{server.rtmp_port}/live"
+    publisher_lines = [connect, f"publish {key}, type=live", f"unpublish {key}: ", "close ip=127.0.0.1, alive="]
+    wait_for(lambda: conns_logging(server.log(), publisher_lines), 10, what="the publisher's unpublish and close")
+    assert len(conns_logging(server.log(), publisher_lines)) == 1
+    rtmp_players = conns_logging(server.log(), [connect, f"play {key}, start=", "close ip=127.0.0.1, alive="])
+    flv_players = conns_logging(server.log(), [f"flv play {key} ip=127.0.0.1", "close flv player ip=127.0.0.1"])
+    print(f"logged: 1 publisher, {len(rtmp_players)} RTMP players, {len(flv_players)} HTTP-FLV players")
+    assert len(rtmp_players) == 2, "ffprobe and ffmpeg played over RTMP"
+    assert len(flv_players) == 3, "the readiness probe, ffmpeg and ffprobe played over HTTP-FLV"
 
 
 def test_copy_published_file_two_players_at_once(server, test_flv):
