@@ -4,6 +4,7 @@ imports nothing that does I/O, and no module reaches into another object's priva
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "nonstop"
@@ -26,9 +27,9 @@ KNOWN_PRIVATE = {("handover/transfer.py", "wire._recv_exact")}
 STDLIB_PRIVATE = {"os._exit", "sys._getframe"}
 
 
-def modules():
-    for path in sorted(PACKAGE.rglob("*.py")):
-        yield path, ast.parse(path.read_text(), str(path))
+@functools.cache
+def modules() -> list:
+    return [(path, ast.parse(path.read_text(), str(path))) for path in sorted(PACKAGE.rglob("*.py"))]
 
 
 def room_of(path: Path) -> str:
