@@ -82,14 +82,22 @@ def test_live_publish_plays_over_rtmp_and_http_flv_with_server_version(server):
     # each RTMP player's connect, play and close, each HTTP-FLV player's play and close.
     key = "__defaultVhost__/live/livestream"
     connect = f"connect ip=127.0.0.1, vhost=__defaultVhost__, app=live, tcUrl=rtmp://127.0.0.1:{server.rtmp_port}/live"
-    publisher_lines = [connect, f"publish {key}, type=live", f"unpublish {key}: ", "close ip=127.0.0.1, alive="]
-    wait_for(lambda: conns_logging(server.log(), publisher_lines), 10, what="the publisher's unpublish and close")
-    assert len(conns_logging(server.log(), publisher_lines)) == 1
-    rtmp_players = conns_logging(server.log(), [connect, f"play {key}, start=", "close ip=127.0.0.1, alive="])
-    flv_players = conns_logging(server.log(), [f"flv play {key} ip=127.0.0.1", "close flv player ip=127.0.0.1"])
-    print(f"logged: 1 publisher, {len(rtmp_players)} RTMP players, {len(flv_players)} HTTP-FLV players")
-    assert len(rtmp_players) == 2, "ffprobe and ffmpeg played over RTMP"
-    assert len(flv_players) == 3, "the readiness probe, ffmpeg and ffprobe played over HTTP-FLV"
+    publisher_steps = [connect, f"publish {key}, type=live", f"unpublish {key}: ", "close ip=127.0.0.1, alive="]
+    rtmp_player_steps = [connect, f"play {key}, start=", "close ip=127.0.0.1, alive="]
+    flv_player_steps = [f"flv play {key} ip=127.0.0.1", "close flv player ip=127.0.0.1"]
+
+    def logged() -> list[int]:
+        log = server.log()
+        return [len(conns_logging(log, steps)) for steps in (publisher_steps, rtmp_player_steps, flv_player_steps)]
+    # 1 publisher, 2 RTMP players (ffprobe, ffmpeg), 3 HTTP-FLV players (the readiness probe, ffmpeg, ffprobe).
+    # Each has hung up; the server logs a close once it has read the hang-up.
+    want = [1, 2, 3]
+    try:
+        wait_for(lambda: logged() == want, 10, what="every connection's log lines")
+    except AssertionError:
+        raise AssertionError(f"connections logged (publisher, RTMP players, FLV players): {logged()}, want {want}"
+                             f"\n{server.log()[-4000:]}") from None
+    print(f"logged: {want[0]} publisher, {want[1]} RTMP players, {want[2]} HTTP-FLV players")
 
 
 def test_copy_published_file_two_players_at_once(server, test_flv):
