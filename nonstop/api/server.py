@@ -39,8 +39,8 @@ from nonstop.api.metrics import is_ready, make_registry, worker_totals
 from nonstop.api.stats import SAMPLE_STEP_S, ApiStats, client_type
 from nonstop.cluster.answer import add_clusters_routes
 from nonstop.log import log
-from nonstop.server.listeners import LISTEN_BACKLOG
-from nonstop.server.worker import LISTENER_HTTP
+from nonstop.master.sockets import HTTP as LISTENER_HTTP
+from nonstop.master.sockets import LISTEN_BACKLOG, api_shares_http
 
 # The stats tick: CPU meters every tick, the clients' kbps samples and stream totals every SAMPLE_STEP_S.
 TICK_S = 1.0
@@ -69,11 +69,6 @@ V1_URLS = {
     "streams": "all streams or one stream, ?start=&count= (default 10)",
     "clients": "all clients or one client, ?start=&count= (default 10); DELETE kicks one",
 }
-
-
-def api_shares_http_port(config) -> bool:
-    return bool(config.http_api.enabled and config.http_server.enabled
-                and config.http_api.listen.port == config.http_server.listen.port)
 
 
 def is_api_path(path: str) -> bool:
@@ -164,7 +159,7 @@ class ApiServer:
 
     def apply_config(self) -> None:
         """Take non-FLV requests of the HTTP server port when the API shares it (equal ports)."""
-        shared = api_shares_http_port(self.worker.config)
+        shared = api_shares_http(self.worker.config)
         if shared:
             self.worker.set_api_app(LISTENER_HTTP, self)
         elif self.worker.api_app_for(LISTENER_HTTP) is self:

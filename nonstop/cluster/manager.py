@@ -1,13 +1,16 @@
 """Cluster: the worker's one entry point into origin clusters and edges.
 
 The connection classes call three hooks, each a line long, and go on as usual when the hook returns False:
-- `on_play(conn, event)` from RtmpConnection._on_play, `on_flv_play(conn, ...)` from HttpConnection._play:
+- `on_play(conn, event)` from RtmpConnection's play, `on_flv_play(conn, ...)` from HttpConnection's play:
   on an edge, start or join the stream's upstream pull (then the play proceeds on the shared source); on an
   origin in a cluster that lacks the stream, ask the coworkers and answer with SRS's RTMP 302 (HTTP-FLV: a
   `302 Location`), else `NetStream.Play.StreamNotFound` and close (HTTP-FLV: 404). True means "answered
   here, maybe later".
-- `on_publish(conn, event)` from RtmpConnection._on_publish: on an edge, start the push to an origin; on an
+- `on_publish(conn, event)` from RtmpConnection's publish: on an edge, start the push to an origin; on an
   origin in a cluster, refuse with `NetStream.Publish.BadName` a stream a coworker already has.
+When the coworkers have answered, the connection is told what to do through its public methods (`play_local`,
+`publish_local`, `answer_redirect`, `answer_stream_not_found` / `answer_not_found`, `refuse_publish`): the
+protocol's answers are the connection's to write.
 The worker calls `sweep(now)` every second (linger, deadlines, links whose source went away, and links to
 re-establish after a handover) and `stop()` when it quits. What a play of an absent stream gets is the table
 in architecture.md.
@@ -20,7 +23,6 @@ import time
 
 import aiohttp
 
-from nonstop import SERVER_NAME
 from nonstop.cluster.answer import has_stream
 from nonstop.cluster.balance import OriginPool
 from nonstop.cluster.coworkers import Coworkers, Hit
@@ -120,23 +122,19 @@ class Cluster:
             if has_stream(self.worker.registry.get(vhost.name, app, event.name)):
                 conn.transport.resume_reading()     # published here while we asked
                 self._resolved[conn.cid] = event
-                conn._on_play(event)
+                conn.play_local(event)
                 return
             if hit is None:
                 self.not_found_total += 1
                 log.trace(conn.cid, f"play {key}: no origin of the cluster has it, StreamNotFound")
-                conn.session.send_stream_not_found(event.stream_id, event.name)
-                conn._flush_session()
-                conn.close("stream not found in the cluster")
+                conn.answer_stream_not_found(event, "stream not found in the cluster")
                 return
             self.redirects_total += 1
             rurl = rtmp_url(hit.ip, hit.port, host, vhost.name, app, event.name, event.query)
             _, port = split_host_port(conn.session.tc_url.partition("://")[2].split("/", 1)[0], DEFAULT_RTMP_PORT)
             log.trace(conn.cid, f"rtmp: redirect in cluster, from={host}:{port}, target={hit.ip}:{hit.port}, "
                                 f"coworker={hit.coworker}, rurl={rurl}")
-            conn.session.send_redirect(event.stream_id, redirect_tc_url(rurl), rurl)
-            conn._flush_session()
-            conn.close_later(f"redirected to {rurl}")
+            conn.answer_redirect(event, redirect_tc_url(rurl), rurl)
         except Exception as e:  # a bug here must cost one client, not the worker
             log.error(conn.cid, f"play {key}: cluster routing failed: {e!r}")
             conn.close("cluster routing failed")
@@ -150,15 +148,13 @@ class Cluster:
             if hit is None:
                 conn.transport.resume_reading()
                 self._resolved[conn.cid] = event
-                conn._on_publish(event)
-                conn._flush_session()
+                conn.publish_local(event)
                 return
             self.refused_publish_total += 1
             log.warn(conn.cid, f"publish refused: stream {key} is live on coworker {hit.coworker} "
                                f"({hit.ip}:{hit.port})")
-            conn.session.reject_publish(event, f"Stream is already being published at {hit.ip}:{hit.port}.")
-            conn._flush_session()
-            conn.close_later("stream busy in the cluster")
+            conn.refuse_publish(event, f"Stream is already being published at {hit.ip}:{hit.port}.",
+                                "stream busy in the cluster")
         except Exception as e:
             log.error(conn.cid, f"publish {key}: cluster check failed: {e!r}")
             conn.close("cluster check failed")
@@ -171,12 +167,12 @@ class Cluster:
                 return
             if has_stream(self.worker.registry.get(vhost.name, app, stream)):
                 self._resolved[conn.cid] = FLV_RESOLVED
-                conn._play(method, vhost, app, stream)
+                conn.play_local(method, vhost, app, stream)
                 return
             if hit is None:
                 self.not_found_total += 1
                 log.trace(conn.cid, f"flv play {key}: no origin of the cluster has it, 404")
-                conn._respond(404, "Not Found")
+                conn.answer_not_found()
                 return
             self.redirects_total += 1
             if hit.http:
@@ -187,11 +183,7 @@ class Cluster:
             location = flv_location(ip, port, path, conn.query)
             log.trace(conn.cid, f"flv: redirect in cluster, target={hit.ip}:{hit.port}, coworker={hit.coworker}, "
                                 f"location={location}")
-            body = f"302 Found: {location}\n".encode()
-            conn._write((f"HTTP/1.1 302 Found\r\nLocation: {location}\r\nServer: {SERVER_NAME}\r\n"
-                         f"Content-Type: text/plain\r\nContent-Length: {len(body)}\r\nConnection: close\r\n"
-                         "Access-Control-Allow-Origin: *\r\n\r\n").encode() + body)
-            conn.close("answered 302")
+            conn.answer_redirect(location)
         except Exception as e:
             log.error(conn.cid, f"flv play {key}: cluster routing failed: {e!r}")
             conn.close("cluster routing failed")

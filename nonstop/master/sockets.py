@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 
 from nonstop.config.values import Endpoint
 from nonstop.log import log
-from nonstop.server.listeners import bind_listener
 
 RTMP = "rtmp"
 HTTP = "http"
@@ -35,6 +34,8 @@ BIND_TRIES = 5
 BIND_RETRY_S = 0.5
 LISTEN_ENV = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
 WILDCARD_HOSTS = ("0.0.0.0", "::")
+# Linux caps the accept queue at net.core.somaxconn (4096 on current kernels); ask for the most.
+LISTEN_BACKLOG = 4096
 
 
 def listener_key(kind: str, endpoint: Endpoint) -> str:
@@ -61,6 +62,27 @@ def wanted(config) -> dict[str, Endpoint]:
     if config.http_api.enabled and not api_shares_http(config):
         out[listener_key(API, config.http_api.listen)] = config.http_api.listen
     return out
+
+
+def bind_listener(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A listening socket, created explicitly (architecture decision 8), never by `create_server(host, port)`:
+    the master creates (or adopts) it and its workers inherit it, so a new worker serves the very same kernel
+    socket and no connect is refused during an upgrade."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind((host, port))
+        sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def endpoint_matches(sock: socket.socket, ep: Endpoint) -> bool:

@@ -212,6 +212,23 @@ class HttpConnection(asyncio.Protocol):
     def on_source_publish(self) -> None:
         pass
 
+    # ----- what the origin cluster decided (nonstop/cluster/manager.py), after Cluster.on_flv_play ----------
+
+    def play_local(self, method: str, vhost, app: str, stream: str) -> None:
+        """Serve the play from this worker's source: the cluster found the stream published here after all."""
+        self._play(method, vhost, app, stream)
+
+    def answer_not_found(self) -> None:
+        self._respond(404, "Not Found")
+
+    def answer_redirect(self, location: str) -> None:
+        """A `302 Found` to the coworker that has the stream, then close."""
+        body = f"302 Found: {location}\n".encode()
+        self._write((f"HTTP/1.1 302 Found\r\nLocation: {location}\r\nServer: {SERVER_NAME}\r\n"
+                     f"Content-Type: text/plain\r\nContent-Length: {len(body)}\r\nConnection: close\r\n"
+                     "Access-Control-Allow-Origin: *\r\n\r\n").encode() + body)
+        self.close("answered 302")
+
     def kick(self, reason: str) -> None:
         log.warn(self.cid, f"kick: {reason}")
         self.close(reason)

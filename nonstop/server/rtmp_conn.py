@@ -218,6 +218,36 @@ class RtmpConnection(asyncio.Protocol):
         self.session.send_publish_notify(self.stream_id)
         self._flush_session()
 
+    # ----- what the origin cluster decided (nonstop/cluster/manager.py), after Cluster.on_play/on_publish ---
+
+    def play_local(self, event: rtmp.PlayRequest) -> None:
+        """Play from this worker's source: the cluster found the stream published here after all."""
+        self._on_play(event)
+        self._flush_session()
+
+    def publish_local(self, event: rtmp.PublishRequest) -> None:
+        """Publish here: no coworker has the stream."""
+        self._on_publish(event)
+        self._flush_session()
+
+    def answer_stream_not_found(self, event: rtmp.PlayRequest, reason: str) -> None:
+        """`NetStream.Play.StreamNotFound`, then close."""
+        self.session.send_stream_not_found(event.stream_id, event.name)
+        self._flush_session()
+        self.close(reason)
+
+    def answer_redirect(self, event: rtmp.PlayRequest, tc_url: str, stream_url: str) -> None:
+        """SRS's RTMP 302 to the coworker that has the stream; closed once the client had time to read it."""
+        self.session.send_redirect(event.stream_id, tc_url, stream_url)
+        self._flush_session()
+        self.close_later(f"redirected to {stream_url}")
+
+    def refuse_publish(self, event: rtmp.PublishRequest, description: str, reason: str) -> None:
+        """`NetStream.Publish.BadName` with `description`; closed once the client had time to read it."""
+        self.session.reject_publish(event, description)
+        self._flush_session()
+        self.close_later(reason)
+
     def kick(self, reason: str) -> None:
         log.warn(self.cid, f"kick: {reason}")
         self.close(reason)

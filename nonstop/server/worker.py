@@ -16,6 +16,7 @@ import time
 from nonstop import SERVER_NAME
 from nonstop.cluster.manager import Cluster
 from nonstop.log import log
+from nonstop.master.sockets import RTMP as LISTENER_RTMP   # listener kinds are the master's (master/sockets.py)
 from nonstop.media.registry import SourceRegistry, new_id
 from nonstop.server.http_conn import HttpConnection, mount_pattern
 from nonstop.server.rtmp_conn import RtmpConnection
@@ -24,10 +25,6 @@ from nonstop.server.rtmp_conn import RtmpConnection
 FLUSH_TICK_S = 0.05
 # Deadlines (handshake, publisher timeouts) and idle sources are checked once a second.
 SWEEP_EVERY_S = 1.0
-
-LISTENER_RTMP = "rtmp"
-LISTENER_HTTP = "http"
-LISTENER_API = "api"
 
 
 class Worker:

@@ -22,6 +22,9 @@ pytestmark = pytest.mark.timeout(300)
 NAMES = 10_000
 WARMUP = 1_000
 CONCURRENCY = 32
+# How soon after the last unpublish every source must be gone (they are freed at once: measured 0.01 s; left to the
+# idle sweep, 3.1 s).
+FREED_WITHIN_S = 1.5
 
 
 def metric(server: Server, name: str) -> float:
@@ -85,10 +88,13 @@ def test_ten_thousand_published_names_leave_no_source_and_no_memory():
         churned = time.monotonic()
         print(f"published and stopped {NAMES} names in {churned - started:.1f}s")
         assert metric(server, "nonstop_sources_created_total") >= NAMES
-        wait_for(lambda: sources_gone(server), 15, interval=0.2, what="every source to be freed")
+        wait_for(lambda: sources_gone(server), 15, interval=0.1, what="every source to be freed")
         freed_after = time.monotonic() - churned
-        print(f"every source freed {freed_after:.1f}s after the last unpublish (goal 5 s)")
-        assert freed_after <= 15
+        # A source is freed the moment its publisher leaves (registry.py), not by the sweep SOURCE_IDLE_FREE_S
+        # later: allow the last closes to be read and /metrics to be scraped, well under the sweep's 3-4 s.
+        print(f"every source freed {freed_after:.2f}s after the last unpublish (bound {FREED_WITHIN_S} s; "
+              f"the README promises 4 s)")
+        assert freed_after <= FREED_WITHIN_S, "sources were left to the idle sweep instead of freed at once"
         assert metric(server, "nonstop_sources_freed_total") == metric(server, "nonstop_sources_created_total")
         final = tree_rss_kb(server.proc.pid)
         allowed = max(baseline * 0.10, 5 * 1024)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 import urllib.error
@@ -26,6 +27,24 @@ def wait_published(server: Server, stream: str = "livestream", timeout: float = 
         except (urllib.error.URLError, OSError):
             return False
     wait_for(ready, timeout, interval=0.2, what=f"stream {stream} to be published")
+
+
+LOG_LINE = re.compile(r"^\[[^]]*\]\[\w+\]\[\d+\]\[([^]]+)\] (.*)$")
+
+
+def conns_logging(log: str, steps: list[str]) -> list[str]:
+    """The cids whose log lines start with each of `steps`, in that order (other lines may come between)."""
+    by_cid: dict[str, list[str]] = {}
+    for line in log.splitlines():
+        m = LOG_LINE.match(line)
+        if m:
+            by_cid.setdefault(m.group(1), []).append(m.group(2))
+    found = []
+    for cid, messages in by_cid.items():
+        todo = iter(messages)
+        if all(any(message.startswith(step) for message in todo) for step in steps):
+            found.append(cid)
+    return found
 
 
 def assert_clean_decode(result) -> None:
@@ -59,9 +78,26 @@ def test_live_publish_plays_over_rtmp_and_http_flv_with_server_version(server):
         assert probe["format"]["tags"].get("server_version") == __version__
     finally:
         stop_proc(publisher)
-    log = server.log()
-    for word in ("connect", "publish", "play", "unpublish", "close"):
-        assert word in log
+    # One log line per event, under each connection's cid: the publisher's connect, publish, unpublish and close,
+    # each RTMP player's connect, play and close, each HTTP-FLV player's play and close.
+    key = "__defaultVhost__/live/livestream"
+    connect = f"connect ip=127.0.0.1, vhost=__defaultVhost__, app=live, tcUrl=rtmp://127.0.0.1:{server.rtmp_port}/live"
+    publisher_steps = [connect, f"publish {key}, type=live", f"unpublish {key}: ", "close ip=127.0.0.1, alive="]
+    rtmp_player_steps = [connect, f"play {key}, start=", "close ip=127.0.0.1, alive="]
+    flv_player_steps = [f"flv play {key} ip=127.0.0.1", "close flv player ip=127.0.0.1"]
+
+    def logged() -> list[int]:
+        log = server.log()
+        return [len(conns_logging(log, steps)) for steps in (publisher_steps, rtmp_player_steps, flv_player_steps)]
+    # 1 publisher, 2 RTMP players (ffprobe, ffmpeg), 3 HTTP-FLV players (the readiness probe, ffmpeg, ffprobe).
+    # Each has hung up; the server logs a close once it has read the hang-up.
+    want = [1, 2, 3]
+    try:
+        wait_for(lambda: logged() == want, 10, what="every connection's log lines")
+    except AssertionError:
+        raise AssertionError(f"connections logged (publisher, RTMP players, FLV players): {logged()}, want {want}"
+                             f"\n{server.log()[-4000:]}") from None
+    print(f"logged: {want[0]} publisher, {want[1]} RTMP players, {want[2]} HTTP-FLV players")
 
 
 def test_copy_published_file_two_players_at_once(server, test_flv):

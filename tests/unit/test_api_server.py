@@ -13,8 +13,9 @@ import aiohttp
 
 from nonstop.api.server import ApiServer, basic_auth_ok, is_api_path
 from nonstop.config import load_text
-from nonstop.server.listeners import bind_listener
-from nonstop.server.worker import LISTENER_HTTP, Worker
+from nonstop.master.sockets import HTTP as LISTENER_HTTP
+from nonstop.master.sockets import bind_listener
+from nonstop.server.worker import Worker
 
 CONFIG = """
 listen 1935;

@@ -6,7 +6,7 @@ from nonstop.media.consumer import MAX_BUFFERED_BYTES, Consumer
 from nonstop.media.jitter import Jitter
 from nonstop.media.packet import FORMAT_FLV, rtmp_format
 from nonstop.media.registry import SOURCE_IDLE_FREE_S, SourceRegistry
-from nonstop.media.source import Source
+from nonstop.media.source import MAX_LOG_PACKETS, TRIM_EVERY_PACKETS, Source
 from nonstop.protocol import amf0, flv
 from nonstop.protocol.chunk import ChunkReader
 
@@ -271,3 +271,91 @@ def test_flv_tags_parse_back():
     reader = flv.FlvReader()
     tags = reader.feed(flv.file_header(True, True) + sink.transport.data())
     assert tags[0].payload == KEY and len(tags) == 9
+
+
+# ----- rules a mutation probe found untested ---------------------------------------------------------------
+
+def fall_behind_then_catch_up(source: Source, sink: FakeSink, ts: int, now: float) -> int:
+    """The player's transport fills up while 3.5 s of media (more than queue_length 1 s) go by, all at the
+    wall-clock instant `now` (so the too-slow kick, which counts wall-clock seconds, stays out of it), then
+    empties: the next flush must cut the player back."""
+    sink.transport.buffered = MAX_BUFFERED_BYTES + 1
+    for _ in range(3):
+        ts = publish_gop(source, ts + 40, frames=30, now=now)
+    sink.transport.buffered = 0
+    ts += 40
+    source.on_media(9, ts, INTER, now)
+    return ts
+
+
+def test_a_player_cut_back_three_times_within_a_minute_is_disconnected_at_the_fourth():
+    source = make_source(queue_length_ms=1000)
+    source.on_publish(object(), 0.0)
+    sink = FakeSink()
+    consumer = Consumer(source, FORMAT_FLV, sink)
+    consumer.start(0.0)
+    ts, dropped = 0, 0
+    for round_ in range(1, 4):
+        ts = fall_behind_then_catch_up(source, sink, ts, now=float(round_))
+        assert consumer.cutbacks == round_ and consumer.dropped > dropped, f"cut back in round {round_}"
+        assert consumer.position == source.next_seq - 1, "a cut-back player is fed from the newest keyframe on"
+        assert sink.kicked is None, f"{round_} cutbacks within a minute are allowed"
+        dropped = consumer.dropped
+    fall_behind_then_catch_up(source, sink, ts, now=4.0)
+    assert sink.kicked == "player stays behind: cut back 3 times in 60s"
+
+
+def test_cutbacks_more_than_a_minute_apart_never_disconnect_a_player():
+    source = make_source(queue_length_ms=1000)
+    source.on_publish(object(), 0.0)
+    sink = FakeSink()
+    consumer = Consumer(source, FORMAT_FLV, sink)
+    consumer.start(0.0)
+    ts = 0
+    for round_ in range(6):
+        ts = fall_behind_then_catch_up(source, sink, ts, now=round_ * 61.0)
+        assert consumer.cutbacks == 1, "the count starts again after CUTBACK_WINDOW_S"
+    assert sink.kicked is None and consumer.dropped > 0
+
+
+def test_a_player_that_caught_up_gets_a_fresh_queue_length_when_it_falls_behind_again():
+    source = make_source(queue_length_ms=1000)
+    source.on_publish(object(), 0.0)
+    sink = FakeSink()
+    consumer = Consumer(source, FORMAT_FLV, sink)
+    consumer.start(0.0)
+    sink.transport.buffered = MAX_BUFFERED_BYTES + 1
+    source.on_media(9, 40, KEY, 0.0)            # behind since 0.0
+    sink.transport.buffered = 0
+    source.on_media(9, 80, INTER, 0.5)          # caught up: everything was written
+    assert consumer.position == source.next_seq - 1
+    sink.transport.buffered = MAX_BUFFERED_BYTES + 1
+    source.on_media(9, 120, INTER, 5.0)         # behind again, since 5.0 (not since 0.0)
+    source.on_media(9, 160, INTER, 5.9)         # 0.9 s < queue_length
+    assert sink.kicked is None, "a player behind for 0.9 s of a 1 s queue_length is not too slow"
+    source.on_media(9, 200, INTER, 6.1)
+    assert sink.kicked and sink.kicked.startswith("player too slow"), "1.1 s behind: too slow"
+
+
+def test_a_paused_player_never_makes_the_log_longer_than_max_log_packets():
+    """Audio only, 1 ms apart: no keyframe trims the log and nothing is older than queue_length, so only
+    MAX_LOG_PACKETS bounds what a paused player keeps in memory."""
+    source = make_source(queue_length_ms=30000)
+    source.on_publish(object(), 0.0)
+    sink = FakeSink()
+    consumer = Consumer(source, FORMAT_FLV, sink)
+    consumer.start(0.0)
+    consumer.paused = True
+    for i in range(3 * MAX_LOG_PACKETS):
+        source.on_media(8, i, AUDIO, 0.0)
+        assert len(source.packets) <= MAX_LOG_PACKETS + TRIM_EVERY_PACKETS
+    source.trim()
+    assert len(source.packets) == MAX_LOG_PACKETS, "the newest MAX_LOG_PACKETS are kept, no fewer"
+    assert len(source.encodings[FORMAT_FLV]) == MAX_LOG_PACKETS and source.base_seq == source.next_seq - MAX_LOG_PACKETS
+    # The player resumes: what it missed is gone, so it is cut back to the newest message, not fed stale bytes.
+    consumer.paused = False
+    sink.transport.chunks.clear()
+    source.on_media(8, 3 * MAX_LOG_PACKETS, AUDIO, 0.0)
+    assert consumer.dropped >= 2 * MAX_LOG_PACKETS and consumer.position == source.next_seq - 1
+    source.on_media(8, 3 * MAX_LOG_PACKETS + 1, AUDIO, 0.0)
+    assert len(sink.transport.chunks) == 1, "then it goes on with the next message"

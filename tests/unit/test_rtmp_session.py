@@ -192,3 +192,82 @@ def test_snapshot_restore_mid_stream_goes_on():
     events = restored.receive_data(data[300:])
     assert events == [rtmp.Media(9, 40, 1, b"v" * 1000)]
     assert restored.app == "live" and restored.stream_name == "s"
+
+
+# ----- rules a mutation probe found untested ---------------------------------------------------------------
+
+def window_ack(size: int) -> bytes:
+    return encode_message(2, rtmp.MSG_WINDOW_ACK_SIZE, 0, 0, struct.pack(">I", size), 128)
+
+
+@pytest.mark.parametrize("size", [0, 1, 1023])
+@pytest.mark.parametrize("role", [rtmp.SERVER, rtmp.CLIENT])
+def test_a_window_ack_size_below_1024_is_a_protocol_error(role, size):
+    """A tiny window would make us send an acknowledgement every few bytes (a cheap amplification)."""
+    server, client, _, _ = connected_pair()
+    session = server if role == rtmp.SERVER else client
+    with pytest.raises(ProtocolError, match=f"window acknowledgement size {size} is below 1024"):
+        session.receive_data(window_ack(size))
+    assert session.state == rtmp.ERROR
+
+
+@pytest.mark.parametrize("size", [1024, 4096, rtmp.WINDOW_ACK_SIZE])
+def test_a_window_ack_size_of_1024_or_more_is_followed(size):
+    server, client, _, _ = connected_pair()
+    server.receive_data(window_ack(size))
+    assert server.peer_window_ack_size == size and server.state == rtmp.CONNECTED
+    server.data_to_send()
+    server.receive_data(client.send_media(rtmp.MSG_VIDEO, 0, 1, b"x" * (size + 100)))
+    acks = [m for m in ChunkReader().feed(server.data_to_send()) if m.type_id == rtmp.MSG_ACK]
+    assert len(acks) == 1
+
+
+def test_the_client_is_connecting_until_connect_succeeds_then_connected():
+    server = rtmp.RtmpSession(rtmp.SERVER)
+    client = rtmp.RtmpSession(rtmp.CLIENT)
+    client.connect("live", "rtmp://h/live")
+    assert client.state == rtmp.HANDSHAKE
+    _, ev_server = pump(client, server)
+    assert client.state == rtmp.CONNECTING, "handshake done, connect sent, no answer yet"
+    server.accept_connect(ev_server[0])
+    events, _ = pump(client, server)
+    assert [type(e) for e in events] == [rtmp.Connected]
+    assert client.state == rtmp.CONNECTED
+
+
+def test_a_refused_connect_leaves_the_client_not_connected():
+    server = rtmp.RtmpSession(rtmp.SERVER)
+    client = rtmp.RtmpSession(rtmp.CLIENT)
+    client.connect("live", "rtmp://nowhere/live")
+    _, ev_server = pump(client, server)
+    server.reject_connect(ev_server[0], "no such vhost: nowhere")
+    events, _ = pump(client, server)
+    assert [type(e) for e in events] == [rtmp.ConnectRejected]
+    assert client.state != rtmp.CONNECTED
+
+
+def through_the_handover_wire(session: rtmp.RtmpSession) -> rtmp.RtmpSession:
+    """Snapshot, carry as the handover does (plain data, wire.dumps/loads), restore."""
+    from nonstop.handover import wire
+    return rtmp.RtmpSession.restore(wire.loads(wire.dumps(session.snapshot())))
+
+
+def test_a_client_restored_while_waiting_for_answers_still_knows_what_it_asked():
+    """An edge's upstream session moved mid-connect and mid-createStream: the answers that arrive after the
+    restore are matched to the transactions the old process sent."""
+    server = rtmp.RtmpSession(rtmp.SERVER)
+    client = rtmp.RtmpSession(rtmp.CLIENT)
+    client.connect("live", "rtmp://h/live")
+    _, ev_server = pump(client, server)
+    server.accept_connect(ev_server[0])
+    answer = server.data_to_send()
+    assert client.pending == {1: "connect"}
+    client = through_the_handover_wire(client)
+    assert client.pending == {1: "connect"}
+    assert [type(e) for e in client.receive_data(answer)] == [rtmp.Connected]
+    assert client.state == rtmp.CONNECTED and client.pending == {}
+    client.create_stream()
+    client = through_the_handover_wire(client)
+    events, _ = pump(client, server)
+    assert [e for e in events if isinstance(e, rtmp.StreamCreated)] == [rtmp.StreamCreated(rtmp.PLAY_STREAM_ID)]
+    assert client.pending == {} and client.next_transaction_id == 3
