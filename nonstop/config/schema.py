@@ -84,6 +84,30 @@ class Cluster:
 
 
 @dataclass
+class Hls:
+    """SRS's `hls { }` block (conf/full.conf, SRS 7), same names and defaults except hls_path (see below)."""
+    enabled: bool = False
+    hls_fragment: float = 10.0          # s, a segment's length (cut at the first keyframe after it)
+    hls_td_ratio: float = 1.0           # EXT-X-TARGETDURATION = hls_td_ratio * hls_fragment at least
+    hls_aof_ratio: float = 2.1          # audio-only streams are cut at hls_aof_ratio * hls_fragment
+    hls_window: float = 60.0            # s of segments the playlist holds
+    # SRS writes files under ./objs/nginx/html unless told otherwise. nonstop serves HLS from memory, so it
+    # writes files only when hls_path is given (None: memory only).
+    hls_path: str | None = None
+    hls_m3u8_file: str = "[app]/[stream].m3u8"
+    hls_ts_file: str = "[app]/[stream]-[seq].ts"
+    hls_dispose: int = 120              # s after the publisher left: the playlist and segments are dropped
+    hls_cleanup: bool = True            # remove the files of segments that left the window (with hls_path)
+    hls_wait_keyframe: bool = True      # cut only at keyframes (off: cut at hls_fragment whatever comes)
+    hls_acodec: str = "aac"             # the PMT's audio before the stream says (an: none)
+    hls_vcodec: str = "h264"            # the PMT's video before the stream says (vn: none)
+    hls_entry_prefix: str = ""          # base URL written before each segment URI in the playlist
+    hls_nb_notify: int = 64             # read for compatibility: it sizes SRS's on_hls_notify (no hooks yet)
+    hls_ctx: bool = True                # track each viewer by an hls_ctx session id (SRS 5+)
+    hls_ts_ctx: bool = True             # and its segment requests too
+
+
+@dataclass
 class Vhost:
     name: str
     enabled: bool = True
@@ -94,6 +118,7 @@ class Vhost:
     play: Play = field(default_factory=Play)
     publish: Publish = field(default_factory=Publish)
     cluster: Cluster = field(default_factory=Cluster)
+    hls: Hls = field(default_factory=Hls)
 
 
 @dataclass
@@ -150,6 +175,17 @@ _ms = integer(0)            # a duration in ms where 0 means "none" or "at once"
 _ms_positive = integer(1)   # a timeout, where 0 would mean every connection fails
 _chunk = integer(CHUNK_SIZE_MIN, CHUNK_SIZE_MAX)
 
+
+def _ratio(text: str) -> float:
+    """A positive ratio, such as hls_td_ratio 1.5 (SRS reads it with atof)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise ValueError(f"expected a positive number, got '{text}'")
+    return value
+
 HTTP_API = Block("http_api", HttpApi, {
     "enabled": Leaf("enabled", on_off),
     "listen": Leaf("listen", endpoint),
@@ -204,6 +240,25 @@ VHOST = Block("vhost", Vhost, {
         "linger": Leaf("linger", _ms),
         "coworker_timeout": Leaf("coworker_timeout", _ms_positive),
         "advertise": Leaf("advertise", text_value),
+    }),
+    "hls": Block("hls", Hls, {
+        "enabled": Leaf("enabled", on_off),
+        "hls_fragment": Leaf("hls_fragment", positive_seconds),
+        "hls_td_ratio": Leaf("hls_td_ratio", _ratio),
+        "hls_aof_ratio": Leaf("hls_aof_ratio", _ratio),
+        "hls_window": Leaf("hls_window", positive_seconds),
+        "hls_path": Leaf("hls_path", path_value, optional=True),
+        "hls_m3u8_file": Leaf("hls_m3u8_file", path_value),
+        "hls_ts_file": Leaf("hls_ts_file", path_value),
+        "hls_dispose": Leaf("hls_dispose", integer(0)),
+        "hls_cleanup": Leaf("hls_cleanup", on_off),
+        "hls_wait_keyframe": Leaf("hls_wait_keyframe", on_off),
+        "hls_acodec": Leaf("hls_acodec", one_of("aac", "mp3", "an")),
+        "hls_vcodec": Leaf("hls_vcodec", one_of("h264", "h265", "hevc", "vn")),
+        "hls_entry_prefix": Leaf("hls_entry_prefix", text_value),
+        "hls_nb_notify": Leaf("hls_nb_notify", integer(1)),
+        "hls_ctx": Leaf("hls_ctx", on_off),
+        "hls_ts_ctx": Leaf("hls_ts_ctx", on_off),
     }),
 })
 

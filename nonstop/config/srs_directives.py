@@ -33,7 +33,7 @@ UNSUPPORTED: dict[str, frozenset[str]] = {
     "http_server": frozenset({"https"}),
     "vhost": frozenset({
         # recording, packaging and processing
-        "hls", "hds", "dash", "dvr", "exec", "ingest", "forward", "transcode", "http_static",
+        "hds", "dash", "dvr", "exec", "ingest", "forward", "transcode", "http_static",
         # other protocols
         "rtc", "srt", "rtsp",
         # protocol details SRS exposes
@@ -46,6 +46,12 @@ UNSUPPORTED: dict[str, frozenset[str]] = {
     "vhost.play": frozenset({"mix_correct", "atc", "atc_auto", "send_min_interval", "reduce_sequence_header"}),
     "vhost.publish": frozenset({"mr", "mr_latency", "parse_sps", "try_annexb_first", "kickoff_for_idle"}),
     "vhost.cluster": frozenset({"token_traverse", "vhost", "debug_srs_upnode", "follow_client"}),
+    # HLS that nonstop does not do (yet): encryption, fMP4, SRS's timestamp tweaks and error strategies.
+    "vhost.hls": frozenset({
+        "hls_keys", "hls_fragments_per_key", "hls_key_file", "hls_key_file_path", "hls_key_url",
+        "hls_use_fmp4", "hls_fmp4_file", "hls_init_file", "hls_on_error", "hls_ts_floor", "hls_dts_directly",
+        "hls_recover", "hls_master_m3u8_path_relative", "hls_storage", "hls_mount",
+    }),
     "vhost.http_remux": frozenset({
         "fast_cache", "drop_if_not_match", "has_audio", "has_video", "guess_has_av",
         "hstrs",        # SRS 1/2, always on since SRS 3, removed by SRS's transform

@@ -85,10 +85,44 @@ def test_an_srs_conf_with_hls_and_dvr_loads_with_warnings_naming_file_and_line()
         "srs.conf:6: 'ff_log_dir' is an SRS directive nonstop does not support; ignored",
         "srs.conf:10: 'http_api.raw_api' is an SRS directive nonstop does not support; ignored",
         "srs.conf:17: 'rtc_server' is an SRS directive nonstop does not support; ignored",
-        "srs.conf:23: 'hls' is an SRS directive nonstop does not support; ignored",
         "srs.conf:28: 'dvr' is an SRS directive nonstop does not support; ignored",
         "srs.conf:41: 'http_hooks' is an SRS directive nonstop does not support; ignored (it is off)",
     ]
+
+
+def test_hls_block_reads_srs_directives_with_srs_defaults():
+    vhost = conf(SRS_CONF, path="srs.conf").vhosts[DEFAULT_VHOST]
+    hls = vhost.hls
+    assert hls.enabled and hls.hls_fragment == 10.0 and hls.hls_window == 60.0
+    assert (hls.hls_td_ratio, hls.hls_aof_ratio, hls.hls_dispose, hls.hls_cleanup, hls.hls_wait_keyframe) == \
+        (1.0, 2.1, 120, True, True)
+    assert (hls.hls_m3u8_file, hls.hls_ts_file, hls.hls_path) == ("[app]/[stream].m3u8", "[app]/[stream]-[seq].ts",
+                                                                  None)
+    assert conf("listen 1935;\nvhost v { }\n").vhosts["v"].hls.enabled is False
+
+
+def test_hls_directives_nonstop_lacks_are_warned_by_name_and_bad_values_name_the_line():
+    config = conf("""\
+        listen 1935;
+        vhost v {
+            hls {
+                enabled on;
+                hls_fragment 2.5;
+                hls_path /tmp/hls;
+                hls_keys on;
+                hls_use_fmp4 on;
+            }
+        }
+    """, path="c.conf")
+    assert config.vhosts["v"].hls.hls_fragment == 2.5 and config.vhosts["v"].hls.hls_path == "/tmp/hls"
+    assert config.warnings == [
+        "c.conf:7: 'hls.hls_keys' is an SRS directive nonstop does not support; ignored",
+        "c.conf:8: 'hls.hls_use_fmp4' is an SRS directive nonstop does not support; ignored",
+    ]
+    assert error("listen 1935;\nvhost v {\n hls { hls_td_ratio -1; }\n}\n") == \
+        "nonstop.conf:3: hls.hls_td_ratio: expected a positive number, got '-1'"
+    assert error("listen 1935;\nvhost v {\n hls { hls_acodec opus; }\n}\n").startswith(
+        "nonstop.conf:3: hls.hls_acodec:")
 
 
 def test_unsupported_blocks_are_skipped_whole_even_with_unknown_contents():
@@ -482,10 +516,10 @@ def test_unknown_and_empty_env_vars_are_ignored():
 
 
 def test_env_naming_an_unsupported_srs_directive_is_a_warning():
-    config = conf("listen 1935;\n", env={"SRS_VHOST_HLS_HLS_FRAGMENT": "10", "SRS_IN_DOCKER": "on"})
+    config = conf("listen 1935;\n", env={"SRS_VHOST_DVR_DVR_PATH": "x", "SRS_IN_DOCKER": "on"})
     assert config.warnings == [
         "<env SRS_IN_DOCKER>:0: 'in_docker' is an SRS directive nonstop does not support; ignored",
-        "<env SRS_VHOST_HLS_HLS_FRAGMENT>:0: 'vhost.hls' is an SRS directive nonstop does not support; ignored",
+        "<env SRS_VHOST_DVR_DVR_PATH>:0: 'vhost.dvr' is an SRS directive nonstop does not support; ignored",
     ]
 
 
