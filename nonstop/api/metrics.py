@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from nonstop import __version__
 from nonstop.api import procstat
-from nonstop.api.stats import CLIENT_TYPES, client_type
+from nonstop.api.stats import CLIENT_TYPES, client_objects, client_type
 from nonstop.master.upgrade import RESULTS, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, UnknownMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -64,7 +64,7 @@ class NonstopCollector(Collector):
         yield GaugeMetricFamily("nonstop_sources", "Sources in memory: live, waiting for a publisher, or idle "
                                                    "until freed.", value=len(worker.registry.sources))
         by_type = dict.fromkeys(CLIENT_TYPES, 0)
-        for conn in worker.conns.values():
+        for conn in client_objects(worker):
             ctype = client_type(conn)
             if ctype is not None:
                 by_type[ctype] += 1

@@ -143,7 +143,14 @@ TYPE_RTMP_PLAY = "rtmp-play"
 TYPE_FMLE_PUBLISH = "fmle-publish"
 TYPE_FLASH_PUBLISH = "flash-publish"
 TYPE_FLV_PLAY = "flv-play"
-CLIENT_TYPES = (TYPE_RTMP_PLAY, TYPE_FMLE_PUBLISH, TYPE_FLASH_PUBLISH, TYPE_FLV_PLAY)
+TYPE_HLS_PLAY = "hls-play"
+CLIENT_TYPES = (TYPE_RTMP_PLAY, TYPE_FMLE_PUBLISH, TYPE_FLASH_PUBLISH, TYPE_FLV_PLAY, TYPE_HLS_PLAY)
+
+
+def client_objects(worker) -> list:
+    """What can be a client: the connections, and the HLS viewers (sessions by hls_ctx, not connections)."""
+    hls = getattr(worker, "hls_sessions", None)
+    return list(worker.conns.values()) + (hls.clients() if hls is not None else [])
 
 
 def client_type(conn) -> str | None:
@@ -154,6 +161,8 @@ def client_type(conn) -> str | None:
     if getattr(conn, "source", None) is None or getattr(conn, "closed", False):
         return None
     role = getattr(conn, "role", "")
+    if getattr(conn, "kind", "") == "hls":
+        return TYPE_HLS_PLAY
     if getattr(conn, "kind", "") == "rtmp":
         if role == "play":
             return TYPE_RTMP_PLAY
@@ -180,12 +189,14 @@ class ApiStats:
 
     def clients(self) -> list:
         """Every client connection, sorted by id (SRS lists them from a map keyed by id: stable paging)."""
-        found = [conn for conn in self.worker.conns.values() if client_type(conn) is not None]
+        found = [conn for conn in client_objects(self.worker) if client_type(conn) is not None]
         found.sort(key=lambda conn: conn.cid)
         return found
 
     def find_client(self, cid: str):
         conn = self.worker.conns.get(cid)
+        if conn is None and getattr(self.worker, "hls_sessions", None) is not None:
+            conn = self.worker.hls_sessions.get(cid)
         return conn if conn is not None and client_type(conn) is not None else None
 
     @staticmethod
@@ -241,7 +252,7 @@ class ApiStats:
 
     def tick(self, now: float) -> None:
         """Every SAMPLE_STEP_S: sample every client, stream and vhost; fold departed clients into the totals."""
-        clients = [conn for conn in self.worker.conns.values() if client_type(conn) is not None]
+        clients = [conn for conn in client_objects(self.worker) if client_type(conn) is not None]
         live = self.live(clients)
         old_rates, self.client_rates = self.client_rates, {}
         for cid, (_, send, recv) in live.items():

@@ -12,6 +12,7 @@ not received yet, but never more than `queue_length` seconds behind the newest m
 from __future__ import annotations
 
 from nonstop import SERVER_NAME, __version__
+from nonstop.media.hls import Segmenter
 from nonstop.media.jitter import Jitter
 from nonstop.media.packet import Packet, encode_packet
 from nonstop.protocol import amf0, flv
@@ -85,6 +86,8 @@ class Source:
         self.recv_bytes = 0
         self.created_at = 0.0
         self.last_packet_at = 0.0
+        # The HLS segmenter (nonstop/media/hls.py) when the vhost has HLS on, set by the worker; fed below.
+        self.hls = None
 
     # ----- publishing --------------------------------------------------------------------------------------
 
@@ -96,6 +99,8 @@ class Source:
         self.idle_since = None
         self.jitter.on_new_publisher()
         self.last_packet_at = now
+        if self.hls is not None:
+            self.hls.on_publish(now)
         for consumer in list(self.consumers):
             consumer.on_source_publish()
 
@@ -103,6 +108,8 @@ class Source:
         """The publisher left: drop the stream's header state (a new publisher brings its own)."""
         self.publisher = None
         self.metadata = self.video_sh = self.audio_sh = None
+        if self.hls is not None:
+            self.hls.on_unpublish(now)
         self.gop_start_seq = 0
         self.gop_frames = 0
         self.flush(now)
@@ -137,6 +144,8 @@ class Source:
         packet = Packet(self.next_seq, type_id, timestamp, payload, keyframe)
         self.next_seq += 1
         self._append(packet)
+        if self.hls is not None and not is_metadata and type_id != MSG_DATA_AMF0:
+            self.hls.on_media(type_id, timestamp, payload)
         if type_id == MSG_VIDEO and not header:
             if keyframe:
                 self._on_keyframe(packet)
@@ -292,7 +301,8 @@ class Source:
                 self._turned_idle(now)
 
     def is_idle(self) -> bool:
-        return self.publisher is None and not self.consumers
+        # HLS viewers are not consumers: the segmenter says whether its playlist is still of use.
+        return self.publisher is None and not self.consumers and (self.hls is None or self.hls.is_idle())
 
     def _turned_idle(self, now: float) -> None:
         self.idle_since = now
@@ -320,6 +330,7 @@ class Source:
                      "video": self.info.video, "audio": self.info.audio},
             "frames": self.frames, "recv_bytes": self.recv_bytes,
             "flushed_seq": self.flushed_seq, "flushed_ts": self.flushed_ts,
+            "hls": None if self.hls is None else self.hls.snapshot(),
         }
 
     @classmethod
@@ -348,4 +359,7 @@ class Source:
         self.flushed_seq, self.flushed_ts = snap["flushed_seq"], snap["flushed_ts"]
         self.created_at = self.last_packet_at = self.flushed_at = now
         self.idle_since = now
+        hls = snap.get("hls")
+        if hls is not None:
+            self.hls = Segmenter.restore(hls, cid=self.id)     # the worker attaches it to its HLS index
         return self

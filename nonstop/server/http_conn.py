@@ -23,6 +23,7 @@ from nonstop.media.consumer import Consumer
 from nonstop.media.packet import FORMAT_FLV
 from nonstop.media.registry import new_id, source_key
 from nonstop.protocol import flv
+from nonstop.server import hls_http
 
 # A request head larger than this is refused: an FLV GET is a few hundred bytes (h11 picks 16 KiB too).
 MAX_REQUEST_HEAD = 16 * 1024
@@ -150,6 +151,8 @@ class HttpConnection(asyncio.Protocol):
             return
         match = self.worker.match_flv(path) if method in ("GET", "HEAD") else None
         if match is None:
+            if method in ("GET", "HEAD") and hls_http.serve(self, method, path, self.query):
+                return  # HLS from memory (nonstop/server/hls_http.py)
             if self.worker.api_app_for(self.listener) is not None:
                 self._hand_to_api()
                 return
@@ -248,6 +251,18 @@ class HttpConnection(asyncio.Protocol):
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n" + _CORS + "\r\n").encode()
         self._write(head + body)
         self.close(f"answered {status}")
+
+    def send_response(self, parts: list[bytes], keep_alive_s: float | None, reason: str) -> None:
+        """A whole response (HLS): then either wait up to `keep_alive_s` for the next request on this
+        connection, or close it (None)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.control_bytes += sum(len(p) for p in parts)
+            self.transport.writelines(parts)
+        if keep_alive_s is None:
+            self.close(reason)
+            return
+        self.url, self.headers, self.head_bytes, self.buffered = b"", {}, 0, []
+        self.deadline = time.monotonic() + keep_alive_s
 
     def _write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():

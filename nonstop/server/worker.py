@@ -17,7 +17,9 @@ from nonstop import SERVER_NAME
 from nonstop.cluster.manager import Cluster
 from nonstop.log import log
 from nonstop.master.sockets import RTMP as LISTENER_RTMP   # listener kinds are the master's (master/sockets.py)
+from nonstop.media.hls import HlsIndex, Segmenter, settings_from_config
 from nonstop.media.registry import SourceRegistry, new_id
+from nonstop.server.hls_http import HlsSessions
 from nonstop.server.http_conn import HttpConnection, mount_pattern
 from nonstop.server.rtmp_conn import RtmpConnection
 
@@ -59,6 +61,9 @@ class Worker:
         self.adopted_sources = 0
         self.on_adopt_source = None     # test hook (worker_main: NONSTOP_TEST_UPGRADE_FAIL=handover)
         self._waiting_flv: list = []
+        # HLS (nonstop/media/hls.py, server/hls_http.py): which segmenter serves which path, and the viewers.
+        self.hls_index = HlsIndex()
+        self.hls_sessions = HlsSessions()
         self.apply_config(config)
         # Origin cluster and edge (nonstop/cluster): hooks in the connections, the sweep and stop.
         self.cluster = Cluster(self)
@@ -126,11 +131,16 @@ class Worker:
 
     def fetch_source(self, vhost, app: str, stream: str, now: float):
         play = vhost.play
-        return self.registry.fetch_or_create(
+        source = self.registry.fetch_or_create(
             vhost.name, app, stream, now,
             gop_cache=play.gop_cache, gop_cache_max_frames=play.gop_cache_max_frames,
             queue_length_ms=int(play.queue_length * 1000), time_jitter=play.time_jitter,
             mw_latency_ms=play.mw_latency, mw_msgs=play.mw_msgs, min_latency=vhost.min_latency)
+        if source.hls is None and vhost.hls.enabled:
+            # One segmenter per stream, fed by the source's publish path, whoever plays.
+            source.hls = Segmenter(settings_from_config(vhost.hls), vhost.name, app, stream, self.hls_index,
+                                   cid=source.id)
+        return source
 
     def match_flv(self, path: str):
         for pattern, vhost in self._flv_routes:
@@ -163,6 +173,13 @@ class Worker:
         self.cluster.sweep(now)
         for source in self.registry.sweep(now):
             log.trace("sweep", f"free source {source.key} (idle)")
+        for segmenter in self.hls_index.sweep(now):
+            log.trace("sweep", f"hls {segmenter.m3u8_name} disposed (no publisher for {segmenter.linger_s():.0f}s)")
+        self.hls_sessions.sweep(now)
+        if self.draining:
+            for conn in list(self.conns.values()):
+                if conn.kind == "http" and not conn.role and conn.deadline is not None and not conn.url:
+                    conn.close("draining: idle keep-alive closed")
 
     # ----- stats ------------------------------------------------------------------------------------------
 
@@ -182,6 +199,8 @@ class Worker:
             self.on_adopt_source(self.adopted_sources)
         existing = self.registry.sources.get(source.key)
         self.registry.adopt(source)
+        if source.hls is not None:
+            source.hls.attach(self.hls_index)
         if existing is not None:
             # Players that joined here before the handover restart on the handed-over source, at its GOP.
             now = time.monotonic()

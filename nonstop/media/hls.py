@@ -1,0 +1,397 @@
+"""HLS segmenter: one per Source with HLS on (never one per viewer), fed by the source's publish path.
+
+It cuts the stream into MPEG-TS segments at keyframes, as SRS's SrsHlsController does (srs_app_hls.cpp):
+a segment is reaped at the first keyframe once it lasts hls_fragment * hls_td_ratio (at once when
+hls_wait_keyframe is off); an audio-only stream is reaped at hls_aof_ratio * hls_fragment. The playlist holds
+hls_window seconds of segments; the segments and the playlist are kept in memory, and written to hls_path
+only when it is given. Every piece of state is plain data: `snapshot()` goes with the Source's snapshot, so an
+upgrade hands over the playlist, the media sequence, the segments, the open segment and the TS continuity
+counters, and a player polling through the upgrade sees one unbroken playlist.
+
+Choices where SRS differs or is silent:
+- A segment's duration runs to the start of the next one (SRS: first to last frame of the segment), so the
+  EXTINF durations add up to the timeline and a player never drifts.
+- Audio reaps at hls_aof_ratio only when the stream has no video, so a segment with video always starts at a
+  keyframe (SRS reaps any stream there; with a GOP over 2.1 * hls_fragment that cuts a GOP in two).
+- A segment that leaves the playlist is still served for EXPIRED_KEPT more segments: a player that fetched the
+  playlist just before never gets a 404 for a segment it lists.
+- A republish within REPUBLISH_WINDOW_MS with the same codec configuration goes on without a discontinuity
+  (the source's timeline is continuous); any other republish marks its first segment #EXT-X-DISCONTINUITY,
+  as SRS marks every segment that starts with a new sequence header.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from nonstop.log import log
+from nonstop.protocol import flv, m3u8
+from nonstop.protocol.mpegts import TsError, TsMuxer
+from nonstop.protocol.rtmp import MSG_AUDIO, MSG_VIDEO
+
+SNAPSHOT_VERSION = 1
+# SRS_HLS_SEGMENT_MIN_DURATION: a segment shorter than this when it closes is dropped (too short to play).
+MIN_SEGMENT_MS = 100
+# Segments that left the playlist but are still served (see the module's docstring).
+EXPIRED_KEPT = 2
+# The same figure as http_remux.republish_window's default: a republish this soon goes on seamlessly.
+REPUBLISH_WINDOW_MS = 5000
+# An open segment with no keyframe for this many times its target is cut anyway (bounded memory for a
+# stream whose keyframes stopped): SRS keeps at most max_td * 3 worth.
+MAX_OPEN_RATIO = 3
+
+
+def settings_from_config(hls) -> dict:
+    """Plain settings from a config `Hls` block (they travel in the snapshot)."""
+    return {"fragment_ms": int(hls.hls_fragment * 1000), "td_ratio": hls.hls_td_ratio,
+            "aof_ratio": hls.hls_aof_ratio, "window_ms": int(hls.hls_window * 1000),
+            "wait_keyframe": hls.hls_wait_keyframe, "m3u8_file": hls.hls_m3u8_file, "ts_file": hls.hls_ts_file,
+            "entry_prefix": hls.hls_entry_prefix, "path": hls.hls_path, "cleanup": hls.hls_cleanup,
+            "dispose_s": hls.hls_dispose, "ctx": hls.hls_ctx, "ts_ctx": hls.hls_ts_ctx}
+
+
+def render(template: str, vhost: str, app: str, stream: str, seq: int | None = None, wall_ms: int = 0,
+           duration_ms: int = 0) -> str:
+    """SRS's path templates: [vhost] [app] [stream] [seq] [timestamp] [duration] and the date parts
+    [2006] [01] [02] [15] [04] [05] [999] (local time, as SRS)."""
+    out = template.replace("[vhost]", vhost).replace("[app]", app).replace("[stream]", stream)
+    if seq is not None:
+        out = out.replace("[seq]", str(seq))
+    out = out.replace("[timestamp]", str(wall_ms)).replace("[duration]", str(duration_ms))
+    if "[" in out:
+        t = time.localtime(wall_ms / 1000)
+        for key, value in (("[2006]", f"{t.tm_year:04d}"), ("[01]", f"{t.tm_mon:02d}"), ("[02]", f"{t.tm_mday:02d}"),
+                           ("[15]", f"{t.tm_hour:02d}"), ("[04]", f"{t.tm_min:02d}"), ("[05]", f"{t.tm_sec:02d}"),
+                           ("[999]", f"{wall_ms % 1000:03d}")):
+            out = out.replace(key, value)
+    return out.lstrip("/")
+
+
+class Segment:
+    __slots__ = ("seq", "name", "uri", "duration_ms", "data", "discontinuity")
+
+    def __init__(self, seq: int, name: str, uri: str, duration_ms: int, data: bytes, discontinuity: bool):
+        self.seq = seq
+        self.name = name            # the path it is served at (and written to under hls_path), no leading /
+        self.uri = uri              # what the playlist says
+        self.duration_ms = duration_ms
+        self.data = data
+        self.discontinuity = discontinuity
+
+    def snapshot(self) -> list:
+        return [self.seq, self.name, self.uri, self.duration_ms, self.data, self.discontinuity]
+
+
+class Segmenter:
+    """The HLS output of one source. `index` (an HlsIndex) is told which paths this segmenter serves."""
+
+    def __init__(self, settings: dict, vhost: str, app: str, stream: str, index: "HlsIndex | None" = None,
+                 cid: str = "hls"):
+        self.settings = settings
+        self.vhost, self.app, self.stream = vhost, app, stream
+        self.cid = cid
+        self.index = index
+        self.muxer = TsMuxer()
+        self.segments: list[Segment] = []       # in the playlist, oldest first
+        self.expired: list[Segment] = []        # left the playlist, still served
+        self.next_seq = 0                       # media sequence number of the next segment to open
+        # The open segment: its TS bytes so far, first timestamp, newest timestamp, wall clock at open.
+        self.open_chunks: list[bytes] | None = None
+        self.open_bytes = 0
+        self.open_start_ts = 0
+        self.open_last_ts = 0
+        self.open_wall_ms = 0
+        self.open_discontinuity = False
+        self.discontinuity_next = False
+        self.video_sh: bytes | None = None
+        self.audio_sh: bytes | None = None
+        self.unpublished_at: float | None = None    # time.monotonic() when the publisher left
+        self.dropped_frames = 0
+        self.m3u8_name = render(settings["m3u8_file"], vhost, app, stream)
+        self.playlist: bytes | None = None
+        if index is not None:
+            index.add(self.m3u8_name, self)
+
+    # ----- the publish path (Source.on_media) -----------------------------------------------------------
+
+    def on_publish(self, now: float) -> None:
+        """A publisher came. Within the republish window the playlist goes on seamlessly; later, its first
+        segment is marked as a discontinuity."""
+        if self.unpublished_at is not None and (now - self.unpublished_at) * 1000 > REPUBLISH_WINDOW_MS:
+            self.discontinuity_next = True
+        self.unpublished_at = None
+
+    def on_unpublish(self, now: float) -> None:
+        """The publisher left: close the open segment (the playlist stays until hls_dispose)."""
+        self._reap(self.open_last_ts, final=True)
+        self.unpublished_at = now
+
+    def on_media(self, type_id: int, timestamp: int, payload: bytes, wall_ms: int | None = None) -> None:
+        """One corrected message of the source (its timeline, in ms)."""
+        if type_id == MSG_VIDEO:
+            if flv.is_video_sequence_header(payload):
+                self._on_sequence_header("video_sh", payload, timestamp)
+                return
+            keyframe = flv.is_video_keyframe(payload)
+            self._maybe_reap(timestamp, keyframe, video=True, wall_ms=wall_ms)
+            if self.open_chunks is None:
+                return
+            self._write(self.muxer.video, timestamp, payload)
+        elif type_id == MSG_AUDIO:
+            if flv.is_audio_sequence_header(payload):
+                self._on_sequence_header("audio_sh", payload, timestamp)
+                return
+            self._maybe_reap(timestamp, False, video=False, wall_ms=wall_ms)
+            if self.open_chunks is None:
+                return
+            self._write(self.muxer.audio, timestamp, payload)
+
+    def _on_sequence_header(self, attr: str, payload: bytes, timestamp: int) -> None:
+        previous = getattr(self, attr)
+        if previous == payload:
+            return
+        try:
+            (self.muxer.video if attr == "video_sh" else self.muxer.audio)(timestamp, payload)
+        except TsError as e:
+            log.warn(self.cid, f"hls {self.m3u8_name}: bad sequence header, ignored: {e}")
+            return
+        setattr(self, attr, bytes(payload))
+        if previous is not None:
+            # New codec configuration: the next segment starts with it and tells players to reset.
+            self._reap(timestamp)
+            self.discontinuity_next = True
+
+    def _maybe_reap(self, timestamp: int, keyframe: bool, *, video: bool, wall_ms: int | None) -> None:
+        s = self.settings
+        has_video = self.video_sh is not None
+        if self.open_chunks is None:
+            # A segment with video starts at a keyframe; an audio-only stream starts anywhere.
+            if (video and keyframe) or (not video and not has_video) or (video and not s["wait_keyframe"]):
+                self._open(timestamp, wall_ms)
+            return
+        duration = timestamp - self.open_start_ts
+        target = s["fragment_ms"] * s["td_ratio"]
+        if video:
+            if duration >= target and (keyframe or not s["wait_keyframe"]):
+                self._reap(timestamp)
+                self._open(timestamp, wall_ms)
+            elif duration >= target * MAX_OPEN_RATIO:
+                self._reap(timestamp)
+                self._open(timestamp, wall_ms) if keyframe else None
+        elif not has_video and duration >= s["fragment_ms"] * s["aof_ratio"]:
+            self._reap(timestamp)
+            self._open(timestamp, wall_ms)
+
+    def _open(self, timestamp: int, wall_ms: int | None) -> None:
+        self.open_chunks = [self.muxer.tables()]
+        self.open_bytes = len(self.open_chunks[0])
+        self.open_start_ts = self.open_last_ts = timestamp
+        self.open_wall_ms = int(time.time() * 1000) if wall_ms is None else wall_ms
+        self.open_discontinuity = self.discontinuity_next
+        self.discontinuity_next = False
+
+    def _write(self, mux, timestamp: int, payload: bytes) -> None:
+        try:
+            data = mux(timestamp, payload)
+        except TsError as e:
+            self.dropped_frames += 1
+            if self.dropped_frames == 1 or self.dropped_frames % 1000 == 0:
+                log.warn(self.cid, f"hls {self.m3u8_name}: frame dropped ({self.dropped_frames} so far): {e}")
+            return
+        if data:
+            self.open_chunks.append(data)
+            self.open_bytes += len(data)
+            if timestamp > self.open_last_ts:
+                self.open_last_ts = timestamp
+
+    def _reap(self, end_ts: int, final: bool = False) -> None:
+        """Close the open segment at `end_ts` (the next segment's start) and publish it in the playlist."""
+        if self.open_chunks is None:
+            return
+        chunks, self.open_chunks = self.open_chunks, None
+        duration = end_ts - self.open_start_ts
+        if duration < MIN_SEGMENT_MS:
+            if not final:
+                # Too short to keep: its frames go to the next segment's start instead.
+                self.open_chunks = chunks
+            return
+        seq = self.next_seq
+        self.next_seq += 1
+        name = render(self.settings["ts_file"], self.vhost, self.app, self.stream, seq, self.open_wall_ms, duration)
+        segment = Segment(seq, name, self._uri(name), duration, b"".join(chunks), self.open_discontinuity)
+        self.segments.append(segment)
+        if self.index is not None:
+            self.index.add(name, self)
+        self._shrink()
+        self._refresh_playlist()
+        if self.settings["path"]:
+            self._write_files(segment)
+
+    def _uri(self, name: str) -> str:
+        """The segment's URI in the playlist: relative to the playlist's directory when under it (as SRS),
+        else absolute; after hls_entry_prefix when one is set."""
+        base = os.path.dirname(self.m3u8_name)
+        uri = name[len(base) + 1:] if base and name.startswith(base + "/") else (name if not base else "/" + name)
+        prefix = self.settings["entry_prefix"]
+        if prefix:
+            uri = prefix.rstrip("/") + "/" + name
+        return uri
+
+    def _shrink(self) -> None:
+        """Keep hls_window seconds in the playlist (SRS's segments->shrink): at least one segment."""
+        total = sum(s.duration_ms for s in self.segments)
+        while len(self.segments) > 1 and total > self.settings["window_ms"]:
+            old = self.segments.pop(0)
+            total -= old.duration_ms
+            self.expired.append(old)
+        while len(self.expired) > EXPIRED_KEPT:
+            gone = self.expired.pop(0)
+            if self.index is not None:
+                self.index.remove(gone.name, self)
+            if self.settings["path"] and self.settings["cleanup"]:
+                self._unlink(gone.name)
+
+    def _refresh_playlist(self) -> None:
+        entries = [m3u8.Entry(s.uri, s.duration_ms, s.discontinuity) for s in self.segments]
+        floor = int(self.settings["fragment_ms"] * self.settings["td_ratio"])
+        first = self.segments[0].seq if self.segments else self.next_seq
+        self.playlist = m3u8.media_playlist(entries, first, target_floor_ms=floor).encode()
+
+    # ----- serving ---------------------------------------------------------------------------------------
+
+    def segment_data(self, name: str) -> bytes | None:
+        for segment in self.segments:
+            if segment.name == name:
+                return segment.data
+        for segment in self.expired:
+            if segment.name == name:
+                return segment.data
+        return None
+
+    def linger_s(self) -> float:
+        """How long the playlist stays after the publisher left: hls_dispose (0 in SRS keeps the files
+        forever; in memory that would be a leak, so 0 keeps it for hls_window)."""
+        return self.settings["dispose_s"] or self.settings["window_ms"] / 1000
+
+    def is_idle(self, now: float | None = None) -> bool:
+        """True when there is nothing to serve, or the publisher left more than linger_s() ago: the source may
+        be freed then. A source with a publisher is never idle anyway."""
+        if not self.segments and self.open_chunks is None:
+            return True
+        if self.unpublished_at is None:
+            return False
+        now = time.monotonic() if now is None else now
+        return now - self.unpublished_at >= self.linger_s()
+
+    def memory_bytes(self) -> int:
+        return sum(len(s.data) for s in self.segments) + sum(len(s.data) for s in self.expired) + self.open_bytes
+
+    # ----- disk (hls_path) ---------------------------------------------------------------------------------
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.settings["path"], name)
+
+    def _write_files(self, segment: Segment) -> None:
+        try:
+            self._write_atomic(self._path(segment.name), segment.data)
+            self._write_atomic(self._path(self.m3u8_name), self.playlist)
+        except OSError as e:
+            log.warn(self.cid, f"hls {self.m3u8_name}: cannot write to hls_path {self.settings['path']}: {e}")
+
+    @staticmethod
+    def _write_atomic(path: str, data: bytes) -> None:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+
+    def _unlink(self, name: str) -> None:
+        try:
+            os.unlink(self._path(name))
+        except OSError:
+            pass
+
+    def dispose(self) -> None:
+        """Forget every path (and remove the files, as SRS's hls_dispose does)."""
+        if self.index is not None:
+            for segment in self.segments + self.expired:
+                self.index.remove(segment.name, self)
+            self.index.remove(self.m3u8_name, self)
+        if self.settings["path"]:
+            for segment in self.segments + self.expired:
+                self._unlink(segment.name)
+            self._unlink(self.m3u8_name)
+        self.segments, self.expired, self.open_chunks = [], [], None
+
+    # ----- handover ----------------------------------------------------------------------------------------
+
+    def attach(self, index: "HlsIndex") -> None:
+        """Serve this segmenter's paths from `index` (after a restore)."""
+        self.index = index
+        index.add(self.m3u8_name, self)
+        for segment in self.segments + self.expired:
+            index.add(segment.name, self)
+
+    def snapshot(self) -> dict:
+        return {"version": SNAPSHOT_VERSION, "settings": dict(self.settings), "vhost": self.vhost, "app": self.app,
+                "stream": self.stream, "muxer": self.muxer.snapshot(),
+                "segments": [s.snapshot() for s in self.segments], "expired": [s.snapshot() for s in self.expired],
+                "next_seq": self.next_seq,
+                "open": None if self.open_chunks is None else {
+                    "data": b"".join(self.open_chunks), "start_ts": self.open_start_ts,
+                    "last_ts": self.open_last_ts, "wall_ms": self.open_wall_ms,
+                    "discontinuity": self.open_discontinuity},
+                "discontinuity_next": self.discontinuity_next, "video_sh": self.video_sh, "audio_sh": self.audio_sh,
+                "unpublished_at": self.unpublished_at, "dropped_frames": self.dropped_frames}
+
+    @classmethod
+    def restore(cls, snap: dict, index: "HlsIndex | None" = None, cid: str = "hls") -> "Segmenter":
+        if snap.get("version") != SNAPSHOT_VERSION:
+            raise ValueError(f"unknown HLS snapshot version {snap.get('version')!r}")
+        self = cls(snap["settings"], snap["vhost"], snap["app"], snap["stream"], None, cid)
+        self.muxer = TsMuxer.restore(snap["muxer"])
+        self.segments = [Segment(*s) for s in snap["segments"]]
+        self.expired = [Segment(*s) for s in snap["expired"]]
+        self.next_seq = snap["next_seq"]
+        opened = snap["open"]
+        if opened is not None:
+            self.open_chunks = [opened["data"]]
+            self.open_bytes = len(opened["data"])
+            self.open_start_ts, self.open_last_ts = opened["start_ts"], opened["last_ts"]
+            self.open_wall_ms, self.open_discontinuity = opened["wall_ms"], opened["discontinuity"]
+        self.discontinuity_next = snap["discontinuity_next"]
+        self.video_sh, self.audio_sh = snap["video_sh"], snap["audio_sh"]
+        self.unpublished_at, self.dropped_frames = snap["unpublished_at"], snap["dropped_frames"]
+        if self.segments:
+            self._refresh_playlist()
+        if index is not None:
+            self.attach(index)
+        return self
+
+
+class HlsIndex:
+    """Which segmenter serves which path (`live/s.m3u8`, `live/s-3.ts`): the HTTP server's lookup table.
+    Each worker has one; segmenters add and remove their own paths."""
+
+    def __init__(self):
+        self.paths: dict[str, Segmenter] = {}
+
+    def add(self, path: str, segmenter: Segmenter) -> None:
+        self.paths[path] = segmenter
+
+    def remove(self, path: str, segmenter: Segmenter) -> None:
+        if self.paths.get(path) is segmenter:
+            del self.paths[path]
+
+    def get(self, path: str) -> Segmenter | None:
+        return self.paths.get(path)
+
+    def sweep(self, now: float) -> list[Segmenter]:
+        """Dispose of the segmenters whose publisher left more than their linger time ago (their sources are
+        freed by the registry's sweep at the same moment). Returns those disposed, for the log."""
+        gone = [seg for seg in set(self.paths.values()) if seg.unpublished_at is not None and seg.is_idle(now)]
+        for seg in gone:
+            seg.dispose()
+        return gone

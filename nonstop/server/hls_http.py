@@ -1,0 +1,215 @@
+"""HLS on the HTTP server: playlists and segments served from memory at SRS's URLs, and HLS viewers as sessions.
+
+`GET /APP/STREAM.m3u8` and `GET /APP/STREAM-SEQ.ts` (per hls_m3u8_file and hls_ts_file) are answered from the
+stream's segmenter (nonstop/media/hls.py) with no disk I/O and no copy: the segment's bytes go to the transport
+as they are. HTTP-FLV mounts are matched first, as before; what no segmenter serves goes on to the static
+files and the API. Responses keep the connection alive (a player polls every few seconds), with a short
+Cache-Control for the playlist and a long one for segments, which never change once listed.
+
+Viewers, as SRS 5+ tracks them (srs_app_http_static.cpp, hls_ctx): a playlist request without `hls_ctx` gets a
+one-variant master playlist pointing at the same URL with a new `?hls_ctx=ID`; requests with it renew the
+session, and segment URIs carry it too (hls_ts_ctx), so /api/v1/clients lists each viewer with its bytes. A
+session ends 2 * hls_window after its last request, as in SRS. Unlike SRS, an `hls_ctx` this worker does not
+know (a session from before an upgrade) is adopted rather than answered with a new master playlist, so a player
+polling through an upgrade keeps getting media playlists.
+
+During an upgrade: a new worker still taking over holds an HLS request for a stream not here yet until the
+stream arrives (as HTTP-FLV does); an old worker that handed its streams over answers from the frozen copy it
+still has, with `Connection: close`, and answers a path it does not know with a redirect to itself, so the
+player's next connection reaches the new worker instead of a 404.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import urllib.parse
+
+from nonstop import SERVER_NAME
+from nonstop.log import log
+
+CONTENT_TYPE_M3U8 = "application/vnd.apple.mpegurl"
+CONTENT_TYPE_TS = "video/mp2t"
+# The playlist changes every segment: a CDN or browser may reuse it for a second at most (a player asks again
+# after half a target duration or more). Segments never change once listed: cache them for a day.
+CACHE_PLAYLIST = "max-age=1"
+CACHE_SEGMENT = "max-age=86400"
+# An idle keep-alive connection is closed after this (nginx's keepalive_timeout is 75 s; a player asks at least
+# every target duration, 10 s by default, so 30 s covers it with margin).
+KEEPALIVE_IDLE_S = 30.0
+SESSION_ID_BYTES = 4        # 8 hex characters, as SRS's srs_random_str(8)
+CTX = "hls_ctx"
+HLS_SUFFIXES = (".m3u8", ".ts")
+CLIENT_TYPE = "hls-play"    # SRS's srs_client_type_string(SrsHlsPlay)
+
+_CORS = ("Access-Control-Allow-Origin: *\r\n"
+         "Access-Control-Allow-Methods: GET, HEAD, OPTIONS\r\n"
+         "Access-Control-Allow-Headers: *\r\n"
+         "Access-Control-Expose-Headers: Server, Content-Length\r\n")
+
+
+class HlsSession:
+    """One HLS viewer (SRS's SrsHlsVirtualConn), listed by the API like a connection."""
+
+    kind = "hls"
+    role = "play"
+
+    __slots__ = ("cid", "worker", "vhost", "app", "stream", "ip", "created_at", "created_wall", "last_seen",
+                 "send_bytes", "recv_bytes", "requests", "window_s", "closed", "headers")
+
+    def __init__(self, cid: str, worker, segmenter, ip: str, now: float):
+        self.cid = cid
+        self.worker = worker
+        self.vhost, self.app, self.stream = segmenter.vhost, segmenter.app, segmenter.stream
+        self.ip = ip
+        self.created_at = self.last_seen = now
+        self.created_wall = time.time()
+        self.send_bytes = 0
+        self.recv_bytes = 0
+        self.requests = 0
+        self.window_s = segmenter.settings["window_ms"] / 1000
+        self.closed = False         # kicked: its requests get 404 until it expires (SRS: "HLS stream is EOF")
+        self.headers: dict = {}
+
+    def kick(self, reason: str) -> None:
+        log.warn(self.cid, f"kick: {reason}")
+        self.closed = True
+
+    @property
+    def source(self):
+        """The stream's source while it is here (the API lists a session with its stream)."""
+        return self.worker.registry.get(self.vhost, self.app, self.stream)
+
+    def expired(self, now: float) -> bool:
+        return now - self.last_seen > 2 * self.window_s
+
+
+class HlsSessions:
+    """The HLS viewers of one worker, by hls_ctx; expired by the worker's sweep."""
+
+    def __init__(self):
+        self.sessions: dict[str, HlsSession] = {}
+        self.total = 0
+
+    def touch(self, ctx: str, worker, segmenter, ip: str, now: float) -> HlsSession:
+        session = self.sessions.get(ctx)
+        if session is None:
+            session = self.sessions[ctx] = HlsSession(ctx, worker, segmenter, ip, now)
+            self.total += 1
+            log.trace(ctx, f"hls play {segmenter.vhost}/{segmenter.app}/{segmenter.stream} ip={ip}")
+        session.last_seen = now
+        session.requests += 1
+        return session
+
+    def sweep(self, now: float) -> None:
+        for ctx, session in list(self.sessions.items()):
+            if session.expired(now):
+                del self.sessions[ctx]
+                log.trace(ctx, f"close hls player ip={session.ip}, alive={now - session.created_at:.2f}s, "
+                               f"sent={session.send_bytes} bytes, reason=no request for {2 * session.window_s:.0f}s")
+
+    def clients(self) -> list[HlsSession]:
+        return [s for s in self.sessions.values() if not s.closed and s.source is not None]
+
+    def get(self, ctx: str) -> HlsSession | None:
+        return self.sessions.get(ctx)
+
+
+# ----- requests --------------------------------------------------------------------------------------------------
+
+def serve(conn, method: str, path: str, query: str) -> bool:
+    """Answer `method path?query` if it is an HLS path of this worker; False to let the caller go on."""
+    worker = conn.worker
+    name = path.lstrip("/")
+    segmenter = worker.hls_index.get(name)
+    if segmenter is None:
+        if not name.endswith(HLS_SUFFIXES):
+            return False
+        if worker.taking_over and worker.wait_for_takeover(_Waiting(conn, method, path, query)):
+            return True     # a stream on its way in an upgrade: answered when it arrives (or 404 after)
+        if worker.draining:
+            # An old worker: the stream may live in the new one now. Let the player come back on a new
+            # connection, which the new worker accepts.
+            _redirect_to_self(conn, path, query)
+            return True
+        return False
+    now = time.monotonic()
+    params = urllib.parse.parse_qs(query, keep_blank_values=True)
+    ctx = (params.get(CTX) or [""])[0][:64]
+    settings = segmenter.settings
+    kicked = worker.hls_sessions.get(ctx) if ctx else None
+    if kicked is not None and kicked.closed:
+        _respond(conn, method, 404, "Not Found", "text/plain", f"404 HLS stream {ctx} is EOF\n".encode(), "no-cache")
+        return True
+    if name == segmenter.m3u8_name:
+        if segmenter.playlist is None:
+            _respond(conn, method, 404, "Not Found", "text/plain", b"404 Not Found: no segment yet\n", "no-cache")
+            return True
+        if settings["ctx"] and not ctx:
+            ctx = os.urandom(SESSION_ID_BYTES).hex()
+            worker.hls_sessions.touch(ctx, worker, segmenter, conn.ip, now)
+            extra = "&" + query if query else ""
+            body = (f"#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1,AVERAGE-BANDWIDTH=1\n"
+                    f"{path}?{CTX}={ctx}{extra}\n").encode()
+            _respond(conn, method, 200, "OK", CONTENT_TYPE_M3U8, body, "no-cache")
+            return True
+        body = segmenter.playlist
+        if ctx and settings["ctx"]:
+            session = worker.hls_sessions.touch(ctx, worker, segmenter, conn.ip, now)
+            if settings["ts_ctx"]:
+                body = _with_ctx(body, ctx)
+            session.send_bytes += len(body)
+        _respond(conn, method, 200, "OK", CONTENT_TYPE_M3U8, body, CACHE_PLAYLIST)
+        return True
+    data = segmenter.segment_data(name)
+    if data is None:
+        _respond(conn, method, 404, "Not Found", "text/plain", b"404 Not Found\n", "no-cache")
+        return True
+    if ctx and settings["ctx"]:
+        session = worker.hls_sessions.get(ctx) or worker.hls_sessions.touch(ctx, worker, segmenter, conn.ip, now)
+        session.last_seen = now
+        session.send_bytes += len(data)
+    _respond(conn, method, 200, "OK", CONTENT_TYPE_TS, data, CACHE_SEGMENT)
+    return True
+
+
+def _with_ctx(playlist: bytes, ctx: str) -> bytes:
+    """Segment URIs carry the session: `x.ts` -> `x.ts?hls_ctx=ID` (`x.ts?a=b` -> `x.ts?hls_ctx=ID&a=b`)."""
+    lines = playlist.split(b"\n")
+    tag = f"{CTX}={ctx}".encode()
+    for i, line in enumerate(lines):
+        if line and not line.startswith(b"#"):
+            lines[i] = line.replace(b"?", b"?" + tag + b"&", 1) if b"?" in line else line + b"?" + tag
+    return b"\n".join(lines)
+
+
+def _respond(conn, method: str, status: int, reason: str, content_type: str, body: bytes, cache: str) -> None:
+    keep = not conn.worker.draining and conn.headers.get("connection", "").lower() != "close"
+    head = (f"HTTP/1.1 {status} {reason}\r\nServer: {SERVER_NAME}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\nCache-Control: {cache}\r\n"
+            f"Connection: {'keep-alive' if keep else 'close'}\r\n" + _CORS + "\r\n").encode()
+    conn.send_response([head] if method == "HEAD" else [head, body],
+                       keep_alive_s=KEEPALIVE_IDLE_S if keep else None, reason=f"answered {status}")
+
+
+def _redirect_to_self(conn, path: str, query: str) -> None:
+    location = path + ("?" + query if query else "")
+    head = (f"HTTP/1.1 302 Found\r\nLocation: {location}\r\nServer: {SERVER_NAME}\r\nContent-Length: 0\r\n"
+            "Cache-Control: no-cache\r\nConnection: close\r\n" + _CORS + "\r\n").encode()
+    conn.send_response([head], keep_alive_s=None, reason="draining: sent back to the new worker")
+
+
+class _Waiting:
+    """An HLS request held while an upgrade hands the stream over (Worker.wait_for_takeover's protocol)."""
+
+    def __init__(self, conn, method: str, path: str, query: str):
+        self.conn, self.method, self.path, self.query = conn, method, path, query
+        self.wanted_key = None      # any stream: the path names a stream only through the templates
+
+    @property
+    def closed(self) -> bool:
+        return self.conn.closed
+
+    def retry_play(self) -> None:
+        if not serve(self.conn, self.method, self.path, self.query):
+            _respond(self.conn, self.method, 404, "Not Found", "text/plain", b"404 Not Found\n", "no-cache")

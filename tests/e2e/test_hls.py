@@ -1,0 +1,186 @@
+"""End to end HLS: ffmpeg publishes over RTMP; ffprobe and ffmpeg play the m3u8 from memory and decode every frame;
+headers, viewers in the API, hls_path on disk, republish rules."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.helpers import (FFMPEG, Server, assert_frames_match_timestamps, parse_framecrc, publish_file, stop_proc,
+                           wait_for)
+
+pytestmark = pytest.mark.timeout(150)
+
+HLS_BODY = "hls { enabled on; hls_fragment 1; hls_window 6; hls_dispose 30; }"
+
+
+def get(url: str, timeout: float = 5):
+    """(status, headers, body) of a GET, 4xx/5xx included."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def m3u8_url(server: Server, stream: str = "livestream", app: str = "live") -> str:
+    return f"http://127.0.0.1:{server.http_port}/{app}/{stream}.m3u8"
+
+
+def media_playlist(server: Server, stream: str = "livestream", ctx: str = "t1") -> str | None:
+    status, _, body = get(m3u8_url(server, stream) + f"?hls_ctx={ctx}")
+    return body.decode() if status == 200 else None
+
+
+def segments_of(playlist: str) -> list[tuple[int, str, float]]:
+    """[(media sequence, uri, duration)] of a media playlist."""
+    seq = int(re.search(r"#EXT-X-MEDIA-SEQUENCE:(\d+)", playlist).group(1))
+    out, duration = [], None
+    for line in playlist.splitlines():
+        if line.startswith("#EXTINF:"):
+            duration = float(line[8:].split(",")[0])
+        elif line and not line.startswith("#"):
+            out.append((seq, line, duration))
+            seq += 1
+    return out
+
+
+def wait_segments(server: Server, n: int, stream: str = "livestream", timeout: float = 30) -> str:
+    found = {}
+
+    def enough():
+        text = media_playlist(server, stream)
+        found["text"] = text
+        return text is not None and len(segments_of(text)) >= n
+    wait_for(enough, timeout, interval=0.2, what=f"{n} HLS segments of {stream}")
+    return found["text"]
+
+
+def test_ffmpeg_plays_the_m3u8_from_memory_and_decodes_every_frame(test_flv):
+    with Server(vhost_body=HLS_BODY) as server:
+        pub = publish_file(server.rtmp_url(), test_flv)
+        try:
+            wait_segments(server, 3)
+            proc = subprocess.run([FFMPEG, "-v", "error", "-i", m3u8_url(server), "-t", "3", "-f", "framecrc", "-"],
+                                  capture_output=True, text=True, timeout=60)
+            result = parse_framecrc(proc.returncode, proc.stdout, proc.stderr)
+            assert proc.returncode == 0, proc.stderr[-2000:]
+            assert not proc.stderr.strip(), proc.stderr[-2000:]     # no decode error, no timestamp warning
+            assert_frames_match_timestamps(result, min_frames=60)
+            assert result.audio, "no audio decoded"
+            print(f"decoded {len(result.video)} video and {len(result.audio)} audio frames over HLS")
+        finally:
+            stop_proc(pub)
+
+
+def test_playlist_and_segment_headers_and_the_srs_hls_ctx_dance(test_flv):
+    with Server(vhost_body=HLS_BODY) as server:
+        pub = publish_file(server.rtmp_url(), test_flv)
+        try:
+            wait_segments(server, 2)
+            # No hls_ctx: a one-variant master playlist pointing at the same URL with a session id (as SRS).
+            status, headers, body = get(m3u8_url(server) + "?token=abc")
+            assert status == 200 and headers["Content-Type"] == "application/vnd.apple.mpegurl"
+            variant = body.decode().splitlines()[-1]
+            m = re.fullmatch(r"/live/livestream\.m3u8\?hls_ctx=([0-9a-f]{8})&token=abc", variant)
+            assert m, body
+            ctx = m.group(1)
+            status, headers, body = get(f"http://127.0.0.1:{server.http_port}{variant}")
+            assert status == 200 and headers["Cache-Control"] == "max-age=1"
+            assert headers["Access-Control-Allow-Origin"] == "*"
+            text = body.decode()
+            assert "#EXT-X-TARGETDURATION:" in text and "#EXT-X-DISCONTINUITY" not in text
+            first = segments_of(text)[0]
+            assert first[1] == f"livestream-{first[0]}.ts?hls_ctx={ctx}"
+            status, headers, data = get(f"http://127.0.0.1:{server.http_port}/live/{first[1]}")
+            assert status == 200 and headers["Content-Type"] == "video/mp2t"
+            assert headers["Cache-Control"] == "max-age=86400" and int(headers["Content-Length"]) == len(data)
+            assert data[0] == 0x47 and len(data) % 188 == 0
+            # The viewer is a client in the API, with the bytes it got.
+            with urllib.request.urlopen(f"http://127.0.0.1:{server.api_port}/api/v1/clients", timeout=5) as r:
+                clients = json.load(r)["clients"]
+            mine = [c for c in clients if c["id"] == ctx]
+            assert mine and mine[0]["type"] == "hls-play" and mine[0]["send_bytes"] >= len(data)
+            with urllib.request.urlopen(f"http://127.0.0.1:{server.api_port}/metrics", timeout=5) as r:
+                # this viewer and the one that waited for the segments (hls_ctx=t1)
+                assert 'nonstop_clients{type="hls-play"} 2.0' in r.read().decode()
+            # Unknown paths: 404, and FLV still plays at its mount.
+            assert get(f"http://127.0.0.1:{server.http_port}/live/livestream-999999.ts")[0] == 404
+            assert get(f"http://127.0.0.1:{server.http_port}/live/nosuch.m3u8")[0] == 404
+        finally:
+            stop_proc(pub)
+
+
+def test_one_keep_alive_connection_serves_many_requests(test_flv):
+    import http.client
+    with Server(vhost_body=HLS_BODY) as server:
+        pub = publish_file(server.rtmp_url(), test_flv)
+        try:
+            wait_segments(server, 2)
+            conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=5)
+            for _ in range(5):
+                conn.request("GET", "/live/livestream.m3u8?hls_ctx=keep")
+                r = conn.getresponse()
+                body = r.read()
+                assert r.status == 200 and r.getheader("Connection") == "keep-alive"
+                uri = segments_of(body.decode())[-1][1]
+                conn.request("GET", "/live/" + uri)
+                r = conn.getresponse()
+                assert r.status == 200 and len(r.read()) > 1000
+            conn.close()
+        finally:
+            stop_proc(pub)
+
+
+def test_hls_path_writes_the_playlist_and_segments_to_disk_and_cleans_up(test_flv, tmp_path):
+    body = f"hls {{ enabled on; hls_fragment 1; hls_window 3; hls_path {tmp_path}; }}"
+    with Server(vhost_body=body) as server:
+        pub = publish_file(server.rtmp_url(), test_flv)
+        try:
+            m3u8 = tmp_path / "live" / "livestream.m3u8"
+            wait_for(lambda: m3u8.exists() and segments_of(m3u8.read_text())[-1][0] >= 7, 40,
+                     what="8 segments written")
+            text = m3u8.read_text()
+            listed = {uri for _, uri, _ in segments_of(text)}
+            on_disk = {p.name for p in (tmp_path / "live").glob("*.ts")}
+            assert listed <= on_disk
+            # hls_cleanup: only the window and the two kept after it stay on disk
+            assert len(on_disk) <= len(listed) + 3, (sorted(on_disk), sorted(listed))
+        finally:
+            stop_proc(pub)
+
+
+def test_republish_within_the_window_continues_and_later_starts_a_discontinuity(test_flv):
+    with Server(vhost_body=HLS_BODY) as server:
+        pub = publish_file(server.rtmp_url(), test_flv)
+        wait_segments(server, 2)
+        stop_proc(pub)
+        before = segments_of(media_playlist(server))
+        pub = publish_file(server.rtmp_url(), test_flv)     # at once: within the 5 s republish window
+        try:
+            wait_for(lambda: segments_of(media_playlist(server))[-1][0] >= before[-1][0] + 2, 30,
+                     what="segments after the republish")
+            text = media_playlist(server)
+            assert "#EXT-X-DISCONTINUITY" not in text
+            assert segments_of(text)[0][0] >= before[0][0]
+        finally:
+            stop_proc(pub)
+        last = segments_of(media_playlist(server))[-1][0]
+        time.sleep(6)     # past the republish window (5 s), within hls_dispose: the playlist is still there
+        assert media_playlist(server) is not None
+        pub = publish_file(server.rtmp_url(), test_flv)
+        try:
+            wait_for(lambda: segments_of(media_playlist(server))[-1][0] >= last + 1, 30, what="a new segment")
+            text = media_playlist(server)
+            lines = text.splitlines()
+            i = lines.index("#EXT-X-DISCONTINUITY")
+            assert segments_of("\n".join(lines[:i] + lines[i + 1:]))  # still a valid playlist
+            assert [s for s in segments_of(text) if s[0] == last + 1], text
+        finally:
+            stop_proc(pub)
