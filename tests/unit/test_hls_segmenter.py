@@ -1,0 +1,175 @@
+"""The HLS segmenter as a specification: where it cuts, what the playlist holds, how long memory lasts, what a
+republish does, and that a snapshot taken anywhere (through the handover's plain-data wire format) continues
+byte for byte like the segmenter that was never interrupted."""
+
+from __future__ import annotations
+
+import time
+
+from hypothesis import given, settings, strategies as st
+
+from nonstop.config.schema import Hls
+from nonstop.handover import wire
+from nonstop.media.hls import EXPIRED_KEPT, REPUBLISH_WINDOW_MS, HlsIndex, Segmenter, render, settings_from_config
+from nonstop.media.source import Source
+from nonstop.protocol.rtmp import MSG_AUDIO, MSG_VIDEO
+
+AVC_SH = bytes.fromhex("1700000000") + bytes.fromhex("0164001fffe1000b6764001facd9405005ba10") \
+    + bytes.fromhex("01000468ebe3cb")
+AAC_SH = bytes.fromhex("af001210")
+
+
+def frame(key: bool, size: int = 300) -> bytes:
+    nal = (b"\x65" if key else b"\x41") + bytes(size)
+    return bytes((0x17 if key else 0x27, 1, 0, 0, 0)) + len(nal).to_bytes(4, "big") + nal
+
+
+def make(**overrides) -> Segmenter:
+    hls = Hls(enabled=True, hls_fragment=2, hls_window=10)
+    for k, v in overrides.items():
+        setattr(hls, k, v)
+    return Segmenter(settings_from_config(hls), "__defaultVhost__", "live", "s", HlsIndex())
+
+
+def stream(n: int, fps: int = 25, gop: int = 25, start_ms: int = 0, audio: bool = True):
+    """(type, timestamp, payload) of an H.264/AAC stream: headers, then n video frames and audio between."""
+    yield MSG_VIDEO, start_ms, AVC_SH
+    if audio:
+        yield MSG_AUDIO, start_ms, AAC_SH
+    for i in range(n):
+        ts = start_ms + i * 1000 // fps
+        yield MSG_VIDEO, ts, frame(i % gop == 0)
+        if audio:
+            yield MSG_AUDIO, ts + 5, b"\xaf\x01" + b"\x21" * 50
+
+
+def feed(seg: Segmenter, messages) -> None:
+    for type_id, ts, payload in messages:
+        seg.on_media(type_id, ts, payload, wall_ms=1_700_000_000_000)
+
+
+def test_segments_start_at_keyframes_once_hls_fragment_has_passed():
+    seg = make(hls_fragment=2.5)
+    feed(seg, stream(25 * 12, gop=25))
+    durations = [s.duration_ms for s in seg.segments]
+    # keyframes every second: the first keyframe at or after 2.5 s is at 3 s
+    assert durations and all(d == 3000 for d in durations), durations
+    for s in seg.segments:
+        assert s.data[:1] == b"\x47" and len(s.data) % 188 == 0
+    assert seg.playlist.startswith(b"#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-MEDIA-SEQUENCE:0\n#EXT-X-TARGETDURATION:3\n")
+
+
+def test_without_wait_keyframe_segments_cut_at_hls_fragment():
+    seg = make(hls_fragment=1, hls_wait_keyframe=False)
+    feed(seg, stream(25 * 6, gop=250))
+    assert [s.duration_ms for s in seg.segments] == [1000] * 5
+
+
+def test_audio_only_cuts_at_hls_aof_ratio():
+    seg = make(hls_fragment=1, hls_aof_ratio=2.0)
+    feed(seg, [(MSG_AUDIO, 0, AAC_SH)] + [(MSG_AUDIO, i * 23, b"\xaf\x01" + b"\x21" * 40) for i in range(600)])
+    assert seg.segments and all(2000 <= s.duration_ms < 2023 + 23 for s in seg.segments)
+
+
+def test_playlist_holds_hls_window_and_memory_is_bounded():
+    seg = make(hls_fragment=1, hls_window=4)
+    feed(seg, stream(25 * 60))
+    assert sum(s.duration_ms for s in seg.segments) <= 4000 + 1000
+    assert len(seg.expired) == EXPIRED_KEPT
+    assert seg.segments[0].seq == seg.next_seq - len(seg.segments)
+    served = set(seg.index.paths)
+    assert served == {"live/s.m3u8"} | {s.name for s in seg.segments + seg.expired}
+    bound = (len(seg.segments) + EXPIRED_KEPT + 1) * max(len(s.data) for s in seg.segments)
+    assert seg.memory_bytes() <= bound
+    print(f"memory after 60 s: {seg.memory_bytes()} bytes in {len(seg.segments)} + {len(seg.expired)} segments")
+
+
+def test_expired_segments_are_still_served_then_forgotten():
+    seg = make(hls_fragment=1, hls_window=2)
+    feed(seg, stream(25 * 10))
+    first_listed = seg.segments[0].seq
+    assert seg.segment_data(f"live/s-{first_listed - 1}.ts") is not None
+    assert seg.segment_data(f"live/s-{first_listed - EXPIRED_KEPT - 1}.ts") is None
+    assert seg.index.get(f"live/s-{first_listed - EXPIRED_KEPT - 1}.ts") is None
+
+
+def test_templates_and_entry_prefix():
+    assert render("[app]/[stream]-[seq]-[timestamp].ts", "v", "live", "s", 7, 1234) == "live/s-7-1234.ts"
+    assert render("/hls/[vhost]/[stream].m3u8", "v", "live", "s") == "hls/v/s.m3u8"
+    seg = make(hls_fragment=1, hls_entry_prefix="http://cdn.example/")
+    feed(seg, stream(25 * 3))
+    assert b"\nhttp://cdn.example/live/s-0.ts\n" in seg.playlist
+    other = make(hls_fragment=1, hls_m3u8_file="[app]/[stream]/index.m3u8", hls_ts_file="ts/[stream]-[seq].ts")
+    feed(other, stream(25 * 3))
+    assert b"\n/ts/s-0.ts\n" in other.playlist      # not under the playlist's directory: absolute
+
+
+def test_republish_within_the_window_continues_and_after_it_marks_a_discontinuity():
+    seg = make(hls_fragment=1)
+    feed(seg, stream(25 * 3))
+    seg.on_unpublish(100.0)
+    seg.on_publish(100.0 + REPUBLISH_WINDOW_MS / 1000 - 1)
+    feed(seg, stream(25 * 3, start_ms=3010))
+    assert not any(s.discontinuity for s in seg.segments)
+    seg.on_unpublish(200.0)
+    seg.on_publish(200.0 + REPUBLISH_WINDOW_MS / 1000 + 1)
+    n = seg.next_seq
+    feed(seg, stream(25 * 3, start_ms=6020))
+    assert [s.seq for s in seg.segments if s.discontinuity] == [n]
+    assert b"#EXT-X-DISCONTINUITY\n#EXTINF" in seg.playlist
+
+
+def test_a_new_codec_configuration_starts_a_discontinuity_at_once():
+    seg = make(hls_fragment=1)
+    feed(seg, stream(25 * 3))
+    other_sh = AVC_SH[:-1] + b"\xcc"
+    n = seg.next_seq
+    feed(seg, [(MSG_VIDEO, 3000, other_sh)] + list(stream(25 * 3, start_ms=3000, audio=False))[1:])
+    assert [s.seq for s in seg.segments if s.discontinuity] == [n + 1]
+
+
+def test_lingers_for_hls_dispose_after_unpublish_then_is_idle():
+    seg = make(hls_fragment=1, hls_dispose=30)
+    assert seg.is_idle(0.0)          # nothing to serve yet
+    feed(seg, stream(25 * 3))
+    assert not seg.is_idle(50.0)
+    seg.on_unpublish(50.0)
+    assert not seg.is_idle(79.0) and seg.is_idle(80.0)
+    assert seg.index.sweep(79.0) == [] and seg.index.sweep(80.0) == [seg]
+    assert seg.index.paths == {}
+
+
+def test_a_source_with_hls_is_not_freed_while_its_playlist_lingers_and_carries_it_in_its_snapshot():
+    source = Source("v/live/s", "v", "live", "s", source_id="vid-x")
+    source.hls = make(hls_fragment=1)
+    source.on_publish(object(), 10.0)
+    for type_id, ts, payload in stream(25 * 3):
+        source.on_media(type_id, ts, payload, 10.0)
+    assert len(source.hls.segments) == 2
+    source.on_unpublish(time.monotonic())     # Source.is_idle asks the clock: the real one here
+    assert not source.is_idle()
+    snap = wire.loads(wire.dumps(source.snapshot()))
+    again = Source.restore(snap, 12.0)
+    assert again.hls.playlist == source.hls.playlist and again.hls.index is None
+    index = HlsIndex()
+    again.hls.attach(index)
+    assert index.get("live/s.m3u8") is again.hls and index.get("live/s-1.ts") is again.hls
+    del snap["hls"]       # a snapshot from a build without HLS restores without it
+    assert Source.restore(snap, 12.0).hls is None
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 25 * 8 * 2 + 1), st.integers(1, 3), st.booleans())
+def test_a_snapshot_anywhere_continues_byte_for_byte(split, gop_s, wait_keyframe):
+    messages = list(stream(25 * 8, gop=25 * gop_s))
+    whole = make(hls_fragment=1, hls_window=4, hls_wait_keyframe=wait_keyframe)
+    feed(whole, messages)
+    first = make(hls_fragment=1, hls_window=4, hls_wait_keyframe=wait_keyframe)
+    feed(first, messages[:split])
+    moved = Segmenter.restore(wire.loads(wire.dumps(first.snapshot())), HlsIndex())
+    feed(moved, messages[split:])
+    assert moved.playlist == whole.playlist
+    assert [(s.seq, s.name, s.data) for s in moved.segments + moved.expired] == \
+        [(s.seq, s.name, s.data) for s in whole.segments + whole.expired]
+    assert moved.muxer.cc == whole.muxer.cc
+    assert set(moved.index.paths) == set(whole.index.paths)
