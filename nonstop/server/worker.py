@@ -201,6 +201,12 @@ class Worker:
         self.registry.adopt(source)
         if source.hls is not None:
             source.hls.attach(self.hls_index)
+        else:
+            vhost = self.config.vhosts.get(source.vhost)
+            if vhost is not None and vhost.hls.enabled:
+                # From a build or a config without HLS: start segmenting here, at the next keyframe.
+                source.hls = Segmenter(settings_from_config(vhost.hls), source.vhost, source.app, source.stream,
+                                       self.hls_index, cid=source.id)
         if existing is not None:
             # Players that joined here before the handover restart on the handed-over source, at its GOP.
             now = time.monotonic()

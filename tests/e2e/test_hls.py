@@ -3,17 +3,20 @@ headers, viewers in the API, hls_path on disk, republish rules."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
 
 import pytest
 
-from tests.helpers import (FFMPEG, Server, assert_frames_match_timestamps, parse_framecrc, publish_file, stop_proc,
-                           wait_for)
+from tests.e2e.upgrade_helpers import TimedPlayer, UpgradeServer
+from tests.helpers import (FFMPEG, Server, assert_frames_match_timestamps, make_test_flv, parse_framecrc, publish_file,
+                           stop_proc, wait_for)
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -118,7 +121,6 @@ def test_playlist_and_segment_headers_and_the_srs_hls_ctx_dance(test_flv):
 
 
 def test_one_keep_alive_connection_serves_many_requests(test_flv):
-    import http.client
     with Server(vhost_body=HLS_BODY) as server:
         pub = publish_file(server.rtmp_url(), test_flv)
         try:
@@ -184,3 +186,113 @@ def test_republish_within_the_window_continues_and_later_starts_a_discontinuity(
             assert [s for s in segments_of(text) if s[0] == last + 1], text
         finally:
             stop_proc(pub)
+
+
+# ----- continuity across upgrades ----------------------------------------------------------------------------------
+
+class PlaylistPoller(threading.Thread):
+    """A player's view of HLS: polls the playlist on a keep-alive connection every `interval` s and fetches every
+    new segment, following redirects and reconnecting when the server closes an idle keep-alive connection (what
+    every HTTP client does for an idempotent request). Records every status, sequence number and segment."""
+
+    def __init__(self, port: int, path: str, interval: float = 0.2):
+        super().__init__(daemon=True)
+        self.port, self.path, self.interval = port, path, interval
+        self.stop = threading.Event()
+        self.statuses: list[tuple[str, int]] = []
+        self.sequences: list[int] = []          # EXT-X-MEDIA-SEQUENCE of each playlist
+        self.discontinuities = 0
+        self.segments: dict[int, bytes] = {}
+        self.reconnects = 0
+        self.conn = None
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        for _ in range(5):
+            if self.conn is None:
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+            try:
+                self.conn.request("GET", path)
+                r = self.conn.getresponse()
+                body = r.read()
+            except (http.client.RemoteDisconnected, ConnectionError, http.client.BadStatusLine):
+                self.conn.close()
+                self.conn = None
+                self.reconnects += 1
+                continue
+            if r.getheader("Connection", "").lower() == "close":
+                self.conn.close()
+                self.conn = None
+            if r.status == 302:
+                self.statuses.append((path, 302))
+                path = r.getheader("Location")
+                continue
+            self.statuses.append((path, r.status))
+            return r.status, body
+        raise AssertionError(f"no answer for {path}")
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            status, body = self.get(self.path)
+            if status == 200:
+                text = body.decode()
+                self.discontinuities += text.count("#EXT-X-DISCONTINUITY")
+                listed = segments_of(text)
+                self.sequences.append(listed[0][0])
+                for seq, uri, _ in listed:
+                    if seq not in self.segments:
+                        status, data = self.get(self.path.rsplit("/", 1)[0] + "/" + uri)
+                        if status == 200:
+                            self.segments[seq] = data
+            self.stop.wait(self.interval)
+
+
+@pytest.fixture(scope="module")
+def long_flv(media_dir):
+    return make_test_flv(media_dir / "upgrade-40s.flv", seconds=40)
+
+
+def test_three_upgrades_keep_one_unbroken_playlist_with_every_segment_and_no_404(long_flv, tmp_path):
+    server = UpgradeServer(vhost_body=HLS_BODY).start()
+    publisher = publish_file(server.rtmp_url(), long_flv, loop=False)
+    poller = None
+    try:
+        wait_segments(server, 2)
+        poller = PlaylistPoller(server.http_port, "/live/livestream.m3u8?hls_ctx=upgrade")
+        poller.start()
+        player = TimedPlayer(m3u8_url(server) + "?hls_ctx=ffmpeg", 20).start()
+        for n in (1, 2, 3):
+            seen = len(poller.segments)
+            wait_for(lambda: len(poller.segments) >= seen + 2, 20, what="2 new segments between upgrades")
+            took = server.upgrade(n)
+            assert server.log().count("upgrade done") == n, server.log()[-4000:]
+            print(f"upgrade {n} done in {took:.2f}s")
+        seen = len(poller.segments)
+        wait_for(lambda: len(poller.segments) >= seen + 3, 20, what="3 segments after the last upgrade")
+        poller.stop.set()
+        poller.join(10)
+        result = player.finish(40)
+        bad = [(p, s) for p, s in poller.statuses if s not in (200, 302)]
+        print(f"poller: {len(poller.statuses)} requests, {poller.reconnects} reconnects, "
+              f"{sum(1 for _, s in poller.statuses if s == 302)} redirects, segments {min(poller.segments)}.."
+              f"{max(poller.segments)}; ffmpeg decoded {len(result.video)} video frames")
+        assert not bad, bad[:10]
+        assert poller.sequences == sorted(poller.sequences), poller.sequences
+        assert poller.discontinuities == 0
+        seqs = sorted(poller.segments)
+        assert seqs == list(range(seqs[0], seqs[-1] + 1)), "a segment is missing"
+        # The segments, joined, are one clean TS stream: continuity counters and timestamps run on across the
+        # upgrades, so ffmpeg decodes it with no error and one frame per timestamp step.
+        joined = tmp_path / "joined.ts"
+        joined.write_bytes(b"".join(poller.segments[s] for s in seqs))
+        proc = subprocess.run([FFMPEG, "-v", "error", "-i", str(joined), "-f", "framecrc", "-"],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr[-2000:]
+        joined_result = parse_framecrc(proc.returncode, proc.stdout, proc.stderr)
+        assert_frames_match_timestamps(joined_result, tolerance=0.0, min_frames=25 * len(seqs) // 2)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert_frames_match_timestamps(result, tolerance=0.0, min_frames=200)
+    finally:
+        if poller is not None:
+            poller.stop.set()
+        stop_proc(publisher)
+        server.stop()
