@@ -1,0 +1,179 @@
+"""HLS on the HTTP server, with a stand-in worker and connection: which paths are ours, the hls_ctx sessions,
+keep-alive, HEAD, and the two upgrade cases (a new worker still taking over, an old one draining)."""
+
+from __future__ import annotations
+
+from nonstop.config.schema import Hls
+from nonstop.media.hls import HlsIndex, Segmenter, settings_from_config
+from nonstop.protocol.rtmp import MSG_VIDEO
+from nonstop.server import hls_http
+from nonstop.server.hls_http import HlsSessions
+
+AVC_SH = bytes.fromhex("1700000000") + bytes.fromhex("0164001fffe1000b6764001facd9405005ba10") \
+    + bytes.fromhex("01000468ebe3cb")
+
+
+def frame(key: bool) -> bytes:
+    nal = (b"\x65" if key else b"\x41") + bytes(200)
+    return bytes((0x17 if key else 0x27, 1, 0, 0, 0)) + len(nal).to_bytes(4, "big") + nal
+
+
+class FakeRegistry:
+    def get(self, vhost, app, stream):
+        return object()
+
+
+class FakeWorker:
+    def __init__(self):
+        self.hls_index = HlsIndex()
+        self.hls_sessions = HlsSessions()
+        self.registry = FakeRegistry()
+        self.taking_over = False
+        self.draining = False
+        self.waiting = []
+
+    def wait_for_takeover(self, waiter) -> bool:
+        self.waiting.append(waiter)
+        return True
+
+
+class FakeConn:
+    def __init__(self, worker, headers=None):
+        self.worker = worker
+        self.ip = "192.0.2.1"
+        self.headers = headers or {}
+        self.closed = False
+        self.sent: list[bytes] = []
+        self.keep_alive_s = None
+
+    def send_response(self, parts, keep_alive_s, reason):
+        self.sent.append(b"".join(parts))
+        self.keep_alive_s = keep_alive_s
+        if keep_alive_s is None:
+            self.closed = True
+
+    def head_and_body(self):
+        head, _, body = self.sent[-1].partition(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        headers = dict(line.split(": ", 1) for line in lines[1:])
+        return int(lines[0].split()[1]), headers, body
+
+
+def worker_with_stream(segments: int = 3) -> FakeWorker:
+    worker = FakeWorker()
+    seg = Segmenter(settings_from_config(Hls(enabled=True, hls_fragment=1)), "__defaultVhost__", "live", "s",
+                    worker.hls_index)
+    seg.on_media(MSG_VIDEO, 0, AVC_SH)
+    for i in range(25 * segments + 1):
+        seg.on_media(MSG_VIDEO, i * 40, frame(i % 25 == 0))
+    return worker
+
+
+def ask(worker, path, query="", method="GET", headers=None):
+    conn = FakeConn(worker, headers)
+    served = hls_http.serve(conn, method, path, query)
+    return served, conn
+
+
+def test_paths_no_stream_serves_are_left_to_the_rest_of_the_server():
+    worker = worker_with_stream()
+    assert hls_http.serve(FakeConn(worker), "GET", "/live/other.m3u8", "") is False
+    assert hls_http.serve(FakeConn(worker), "GET", "/live/s.flv", "") is False
+    assert hls_http.serve(FakeConn(worker), "GET", "/../../etc/passwd", "") is False
+
+
+def test_no_segment_yet_is_404_and_keeps_the_connection():
+    worker = FakeWorker()
+    Segmenter(settings_from_config(Hls(enabled=True)), "__defaultVhost__", "live", "s", worker.hls_index)
+    served, conn = ask(worker, "/live/s.m3u8", "hls_ctx=a")
+    status, headers, _ = conn.head_and_body()
+    assert served and status == 404 and conn.keep_alive_s == hls_http.KEEPALIVE_IDLE_S
+
+
+def test_master_playlist_then_media_playlist_with_ctx_on_every_segment():
+    worker = worker_with_stream()
+    _, conn = ask(worker, "/live/s.m3u8", "a=1")
+    status, headers, body = conn.head_and_body()
+    assert status == 200 and headers["Cache-Control"] == "no-cache"
+    url = body.decode().splitlines()[-1]
+    assert url.startswith("/live/s.m3u8?hls_ctx=") and url.endswith("&a=1")
+    ctx = url.split("hls_ctx=")[1].split("&")[0]
+    assert ctx in worker.hls_sessions.sessions
+    _, conn = ask(worker, "/live/s.m3u8", f"hls_ctx={ctx}&a=1")
+    status, headers, body = conn.head_and_body()
+    uris = [line for line in body.decode().splitlines() if line and not line.startswith("#")]
+    assert uris == [f"s-{i}.ts?hls_ctx={ctx}" for i in range(3)]
+    _, conn = ask(worker, "/live/s-1.ts", f"hls_ctx={ctx}")
+    status, headers, body = conn.head_and_body()
+    assert status == 200 and headers["Content-Type"] == "video/mp2t" and int(headers["Content-Length"]) == len(body)
+    session = worker.hls_sessions.get(ctx)
+    assert session.send_bytes >= len(body) and session.requests == 2
+
+
+def test_head_has_the_length_but_no_body():
+    worker = worker_with_stream()
+    _, conn = ask(worker, "/live/s-0.ts", method="HEAD")
+    status, headers, body = conn.head_and_body()
+    assert status == 200 and int(headers["Content-Length"]) > 0 and body == b""
+
+
+def test_connection_close_from_the_client_is_honoured():
+    worker = worker_with_stream()
+    _, conn = ask(worker, "/live/s-0.ts", headers={"connection": "close"})
+    assert conn.closed and conn.head_and_body()[1]["Connection"] == "close"
+
+
+def test_a_huge_hls_ctx_is_cut_and_a_kicked_session_gets_404():
+    worker = worker_with_stream()
+    _, conn = ask(worker, "/live/s.m3u8", "hls_ctx=" + "x" * 10000)
+    assert conn.head_and_body()[0] == 200
+    assert all(len(ctx) <= 64 for ctx in worker.hls_sessions.sessions)
+    ask(worker, "/live/s.m3u8", "hls_ctx=k")
+    worker.hls_sessions.get("k").kick("test")
+    _, conn = ask(worker, "/live/s-0.ts", "hls_ctx=k")
+    assert conn.head_and_body()[0] == 404
+    assert "k" not in [s.cid for s in worker.hls_sessions.clients()]
+
+
+def test_sessions_expire_two_windows_after_their_last_request():
+    worker = worker_with_stream()
+    session = worker.hls_sessions.touch("e", worker, worker.hls_index.get("live/s.m3u8"), "ip", 100.0)
+    worker.hls_sessions.sweep(100.0 + 2 * session.window_s)
+    assert worker.hls_sessions.get("e") is session
+    worker.hls_sessions.sweep(100.0 + 2 * session.window_s + 0.1)
+    assert worker.hls_sessions.get("e") is None
+
+
+def test_a_new_worker_taking_over_holds_the_request_until_the_stream_arrives():
+    worker = FakeWorker()
+    worker.taking_over = True
+    served, conn = ask(worker, "/live/s.m3u8", "hls_ctx=w")
+    assert served and not conn.sent and len(worker.waiting) == 1
+    ready = worker_with_stream()
+    worker.hls_index = ready.hls_index          # the stream arrived
+    worker.waiting[0].retry_play()
+    assert conn.head_and_body()[0] == 200
+
+
+def test_a_request_held_for_a_stream_that_never_comes_gets_404():
+    worker = FakeWorker()
+    worker.taking_over = True
+    _, conn = ask(worker, "/live/s.m3u8")
+    worker.taking_over = False
+    worker.waiting[0].retry_play()
+    assert conn.head_and_body()[0] == 404
+
+
+def test_a_draining_worker_serves_what_it_has_with_close_and_sends_the_rest_back_to_itself():
+    worker = worker_with_stream()
+    worker.draining = True
+    _, conn = ask(worker, "/live/s-0.ts")
+    status, headers, _ = conn.head_and_body()
+    assert status == 200 and headers["Connection"] == "close" and conn.closed
+    # A segment the new worker made after the handover: the player's next connection reaches the new worker.
+    _, conn = ask(worker, "/live/s-99.ts", "hls_ctx=d")
+    status, headers, _ = conn.head_and_body()
+    assert status == 302 and headers["Location"] == "/live/s-99.ts?hls_ctx=d" and conn.closed
+    _, conn = ask(worker, "/live/new.m3u8", "hls_ctx=d")
+    status, headers, _ = conn.head_and_body()
+    assert status == 302 and headers["Location"] == "/live/new.m3u8?hls_ctx=d" and conn.closed
