@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import shutil
 import subprocess
 import threading
 import time
@@ -15,7 +16,7 @@ import urllib.request
 import pytest
 
 from tests.e2e.upgrade_helpers import TimedPlayer, UpgradeServer
-from tests.helpers import (FFMPEG, Server, assert_frames_match_timestamps, make_test_flv, parse_framecrc, publish_file,
+from tests.helpers import (FFMPEG, FFPROBE, Server, assert_frames_match_timestamps, make_test_flv, parse_framecrc, publish_file,
                            stop_proc, wait_for)
 
 pytestmark = pytest.mark.timeout(150)
@@ -296,3 +297,47 @@ def test_three_upgrades_keep_one_unbroken_playlist_with_every_segment_and_no_404
             poller.stop.set()
         stop_proc(publisher)
         server.stop()
+
+
+def _seconds(text: str) -> float:
+    h, m, s = text.split(":")
+    return int(h) * 3600 + int(m) * 60 + float(s)
+
+
+@pytest.mark.skipif(not shutil.which("gst-launch-1.0"), reason="GStreamer is not installed")
+def test_gstreamer_hlsdemux_decodes_video_and_audio_without_a_gap(test_flv, tmp_path):
+    """GStreamer's hlsdemux, tsdemux, openh264 and faad decode the stream for 8 s; the decoded video frames (shrunk
+    and written to streamable Matroska, so their timestamps can be read exactly afterwards) follow each other with
+    no gap or repeat."""
+    out_mkv = tmp_path / "gst.mkv"
+    with Server(vhost_body=HLS_BODY) as server:
+        pub = publish_file(server.rtmp_url(), test_flv)
+        gst = None
+        try:
+            wait_segments(server, 3)
+            gst = subprocess.Popen(
+                ["gst-launch-1.0", "souphttpsrc", f"location={m3u8_url(server)}", "!", "hlsdemux", "!",
+                 "tsdemux", "name=d",
+                 "d.", "!", "queue", "!", "h264parse", "!", "openh264dec", "!", "videoconvert", "!", "videoscale",
+                 "!", "video/x-raw,width=32,height=24", "!", "matroskamux", "streamable=true", "!", "filesink",
+                 f"location={out_mkv}",
+                 "d.", "!", "queue", "!", "aacparse", "!", "faad", "!", "fakesink", "sync=true"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                out, err = gst.communicate(timeout=8)   # a live stream never ends: play 8 s, then stop
+            except subprocess.TimeoutExpired:
+                gst.kill()
+                out, err = gst.communicate()
+        finally:
+            if gst is not None and gst.poll() is None:
+                gst.kill()
+            stop_proc(pub)
+    errors = [line for line in (out + err).splitlines() if "ERROR" in line]
+    assert not errors, errors[:5]
+    probe = subprocess.run([FFPROBE, "-v", "quiet", "-print_format", "json", "-show_entries", "packet=pts_time",
+                            str(out_mkv)], capture_output=True, text=True, timeout=30)
+    video = [float(p["pts_time"]) for p in json.loads(probe.stdout)["packets"]]
+    steps = sorted({round(b - a, 3) for a, b in zip(video, video[1:])})
+    print(f"GStreamer decoded {len(video)} video frames; steps between them {steps}")
+    assert len(video) >= 75, err[-2000:]
+    assert steps == [0.04], "a video frame was skipped or repeated"
