@@ -173,3 +173,17 @@ def test_a_snapshot_anywhere_continues_byte_for_byte(split, gop_s, wait_keyframe
         [(s.seq, s.name, s.data) for s in whole.segments + whole.expired]
     assert moved.muxer.cc == whole.muxer.cc
     assert set(moved.index.paths) == set(whole.index.paths)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([MSG_VIDEO, MSG_AUDIO]), st.integers(0, 100000),
+                          st.one_of(st.binary(max_size=64), st.sampled_from([AVC_SH, AAC_SH, frame(True), frame(False)]),
+                                    st.binary(max_size=40).map(lambda b: b"\x17\x00\x00\x00\x00" + b),
+                                    st.binary(max_size=40).map(lambda b: b"\xaf\x00" + b))),
+                max_size=60))
+def test_any_publisher_input_never_raises_and_keeps_segments_whole(messages):
+    seg = make(hls_fragment=0.1, hls_window=1)
+    feed(seg, messages)
+    seg.on_unpublish(0.0)
+    for s in seg.segments + seg.expired:
+        assert len(s.data) % 188 == 0 and s.data[:1] == b"\x47" and s.duration_ms >= 100
