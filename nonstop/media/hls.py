@@ -109,9 +109,9 @@ class Segmenter:
         self.unpublished_at: float | None = None    # time.monotonic() when the publisher left
         self.dropped_frames = 0
         self.m3u8_name = render(settings["m3u8_file"], vhost, app, stream)
+        # The playlist, once a segment exists; only then does the index serve its path, so a stream that was
+        # asked for but never published leaves nothing behind in the index.
         self.playlist: bytes | None = None
-        if index is not None:
-            index.add(self.m3u8_name, self)
 
     # ----- the publish path (Source.on_media) -----------------------------------------------------------
 
@@ -177,8 +177,8 @@ class Segmenter:
                 self._reap(timestamp)
                 self._open(timestamp, wall_ms)
             elif duration >= target * MAX_OPEN_RATIO:
+                # No keyframe for too long: close what we have; the next segment starts at a keyframe.
                 self._reap(timestamp)
-                self._open(timestamp, wall_ms) if keyframe else None
         elif not has_video and duration >= s["fragment_ms"] * s["aof_ratio"]:
             self._reap(timestamp)
             self._open(timestamp, wall_ms)
@@ -223,6 +223,7 @@ class Segmenter:
         self.segments.append(segment)
         if self.index is not None:
             self.index.add(name, self)
+            self.index.add(self.m3u8_name, self)
         self._shrink()
         self._refresh_playlist()
         if self.settings["path"]:
@@ -330,7 +331,8 @@ class Segmenter:
     def attach(self, index: "HlsIndex") -> None:
         """Serve this segmenter's paths from `index` (after a restore)."""
         self.index = index
-        index.add(self.m3u8_name, self)
+        if self.playlist is not None:
+            index.add(self.m3u8_name, self)
         for segment in self.segments + self.expired:
             index.add(segment.name, self)
 

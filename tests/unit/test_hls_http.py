@@ -82,12 +82,19 @@ def test_paths_no_stream_serves_are_left_to_the_rest_of_the_server():
     assert hls_http.serve(FakeConn(worker), "GET", "/../../etc/passwd", "") is False
 
 
-def test_no_segment_yet_is_404_and_keeps_the_connection():
+def test_a_stream_with_no_segment_yet_leaves_nothing_in_the_index():
     worker = FakeWorker()
     Segmenter(settings_from_config(Hls(enabled=True)), "__defaultVhost__", "live", "s", worker.hls_index)
-    served, conn = ask(worker, "/live/s.m3u8", "hls_ctx=a")
-    status, headers, _ = conn.head_and_body()
-    assert served and status == 404 and conn.keep_alive_s == hls_http.KEEPALIVE_IDLE_S
+    assert worker.hls_index.paths == {}
+    assert hls_http.serve(FakeConn(worker), "GET", "/live/s.m3u8", "hls_ctx=a") is False   # the server's 404
+
+
+def test_404_keeps_the_connection_alive():
+    worker = worker_with_stream()
+    ask(worker, "/live/s.m3u8", "hls_ctx=k404")
+    worker.hls_sessions.get("k404").kick("test")
+    served, conn = ask(worker, "/live/s-0.ts", "hls_ctx=k404")
+    assert served and conn.head_and_body()[0] == 404 and conn.keep_alive_s == hls_http.KEEPALIVE_IDLE_S
 
 
 def test_master_playlist_then_media_playlist_with_ctx_on_every_segment():

@@ -187,3 +187,10 @@ def test_any_publisher_input_never_raises_and_keeps_segments_whole(messages):
     seg.on_unpublish(0.0)
     for s in seg.segments + seg.expired:
         assert len(s.data) % 188 == 0 and s.data[:1] == b"\x47" and s.duration_ms >= 100
+
+
+def test_a_stream_whose_keyframes_stop_is_cut_at_three_targets_and_resumes_at_the_next_keyframe():
+    seg = make(hls_fragment=1)
+    feed(seg, stream(25 * 12, gop=25 * 10, audio=False))
+    assert [(s.seq, s.duration_ms) for s in seg.segments][:1] == [(0, 3000)]
+    assert seg.open_start_ts == 10000      # the next segment opened at the keyframe at 10 s
