@@ -33,6 +33,10 @@ $(TEST_STAMP): $(STAMP) pyproject.toml
 # haproxy, which plays the Service in the rollout simulation.
 DEB_TEST_PACKAGES := ffmpeg nginx libnginx-mod-rtmp kubernetes-client haproxy
 
+# The HLS tests play with hls.js in headless Chromium (and GStreamer's hlsdemux): hls.js comes from npm into build/.
+HLSJS_VERSION := 1.7.4
+HLSJS := build/npm/node_modules/hls.js/dist/hls.min.js
+
 test-deps: $(TEST_STAMP)
 	@missing=""; \
 	command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || missing="$$missing ffmpeg"; \
@@ -40,7 +44,12 @@ test-deps: $(TEST_STAMP)
 	test -f /usr/lib/nginx/modules/ngx_rtmp_module.so || missing="$$missing libnginx-mod-rtmp"; \
 	command -v kubectl >/dev/null || missing="$$missing kubernetes-client"; \
 	command -v haproxy >/dev/null || test -x /usr/sbin/haproxy || missing="$$missing haproxy"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v npm >/dev/null || missing="$$missing npm"; \
+	command -v gst-launch-1.0 >/dev/null || missing="$$missing gstreamer1.0-tools"; \
+	gst-inspect-1.0 hlsdemux >/dev/null 2>&1 || missing="$$missing gstreamer1.0-plugins-bad gstreamer1.0-plugins-good"; \
 	if [ -n "$$missing" ]; then apt-get update -q && $(APT_INSTALL) $$missing; fi
+	@test -f $(HLSJS) || npm install --no-save --no-audit --no-fund --prefix build/npm hls.js@$(HLSJS_VERSION)
 
 # The manifests must also build with Debian's kubectl 1.20 (kustomize v2) when another kubectl is installed:
 # its package is unpacked into the venv (not installed) and the manifest tests compare the two builds.

@@ -4,6 +4,7 @@ headers, viewers in the API, hls_path on disk, republish rules."""
 from __future__ import annotations
 
 import http.client
+import http.server
 import json
 import re
 import shutil
@@ -12,6 +13,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -341,3 +343,79 @@ def test_gstreamer_hlsdemux_decodes_video_and_audio_without_a_gap(test_flv, tmp_
     print(f"GStreamer decoded {len(video)} video frames; steps between them {steps}")
     assert len(video) >= 75, err[-2000:]
     assert steps == [0.04], "a video frame was skipped or repeated"
+
+
+# ----- hls.js in headless Chromium -----------------------------------------------------------------------------------
+
+HLSJS = Path(__file__).resolve().parents[2] / "build" / "npm" / "node_modules" / "hls.js" / "dist" / "hls.min.js"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+# The page plays the stream with hls.js and posts what the video element says twice, 6 s apart.
+HLSJS_PAGE = """<!doctype html><html><body><script src="/hls.min.js"></script><script>
+const v = document.createElement('video'); v.muted = true; document.body.appendChild(v);
+const errors = [];
+const report = (label) => {
+  const q = v.getVideoPlaybackQuality();
+  fetch('/report', {method: 'POST', body: JSON.stringify({label, wall: performance.now() / 1000, t: v.currentTime,
+    frames: q.totalVideoFrames, dropped: q.droppedVideoFrames, errors, supported: Hls.isSupported()})});
+};
+const hls = new Hls();
+hls.on(Hls.Events.ERROR, (e, d) => errors.push(d.type + ':' + d.details + ':' + d.fatal));
+hls.on(Hls.Events.MANIFEST_PARSED, () => v.play().catch(e => errors.push('play:' + e)));
+hls.loadSource('M3U8'); hls.attachMedia(v);
+setTimeout(() => report('first'), 3000);
+setTimeout(() => report('last'), 9000);
+</script></body></html>"""
+
+
+@pytest.mark.skipif(not CHROMIUM, reason="Chromium is not installed (make test-deps installs it)")
+def test_hlsjs_in_headless_chromium_plays_in_real_time_without_errors(test_flv, tmp_path):
+    assert HLSJS.exists(), f"{HLSJS} is missing: `make test-deps` installs hls.js from npm"
+    reports: list[dict] = []
+    script = HLSJS.read_bytes()
+    with Server(vhost_body=HLS_BODY) as server:
+        page = HLSJS_PAGE.replace("M3U8", m3u8_url(server)).encode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = script if self.path == "/hls.min.js" else page
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self):
+                reports.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        pub = publish_file(server.rtmp_url(), test_flv)
+        browser = None
+        try:
+            wait_segments(server, 3)
+            browser = subprocess.Popen([CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu",
+                                        "--autoplay-policy=no-user-gesture-required",
+                                        f"--user-data-dir={tmp_path / 'profile'}",
+                                        f"http://127.0.0.1:{httpd.server_address[1]}/"],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_for(lambda: len(reports) >= 2, 40, what="hls.js to report twice")
+        finally:
+            if browser is not None:
+                browser.kill()
+                browser.wait(10)
+            httpd.shutdown()
+            stop_proc(pub)
+    first, last = sorted(reports, key=lambda r: r["wall"])
+    played = last["t"] - first["t"]
+    wall = last["wall"] - first["wall"]
+    frames = last["frames"] - first["frames"]
+    print(f"hls.js: {played:.2f} s of media in {wall:.2f} s, {frames} frames decoded, {last['dropped']} dropped, "
+          f"errors {last['errors']}")
+    assert last["supported"] and not last["errors"]
+    assert abs(played - wall) < 0.5, "playback did not keep up with real time (a stall or a jump)"
+    assert frames >= 25 * wall * 0.9
