@@ -91,6 +91,14 @@ class NonstopCollector(Collector):
                                   value=totals["dropped"])
         yield CounterMetricFamily("nonstop_sources_created", "Sources created.", value=totals["sources_created"])
         yield CounterMetricFamily("nonstop_sources_freed", "Idle sources freed.", value=totals["sources_freed"])
+        hls = [s.hls for s in sources if getattr(s, "hls", None) is not None and s.hls.playlist is not None]
+        yield GaugeMetricFamily("nonstop_hls_streams", "Streams with an HLS playlist in memory.", value=len(hls))
+        yield GaugeMetricFamily("nonstop_hls_memory_bytes", "Bytes of HLS segments in memory (listed, kept after "
+                                                            "the window, and open).",
+                                value=sum(seg.memory_bytes() for seg in hls))
+        sessions = getattr(worker, "hls_sessions", None)
+        yield CounterMetricFamily("nonstop_hls_sessions", "HLS viewer sessions (hls_ctx) started in this worker.",
+                                  value=sessions.total if sessions is not None else 0)
 
         yield GaugeMetricFamily("nonstop_draining", "1 while a graceful quit drains the connections.",
                                 value=1 if getattr(worker, "draining", False) else 0)

@@ -115,7 +115,11 @@ def test_playlist_and_segment_headers_and_the_srs_hls_ctx_dance(test_flv):
             assert mine and mine[0]["type"] == "hls-play" and mine[0]["send_bytes"] >= len(data)
             with urllib.request.urlopen(f"http://127.0.0.1:{server.api_port}/metrics", timeout=5) as r:
                 # this viewer and the one that waited for the segments (hls_ctx=t1)
-                assert 'nonstop_clients{type="hls-play"} 2.0' in r.read().decode()
+                metrics = r.read().decode()
+            assert 'nonstop_clients{type="hls-play"} 2.0' in metrics
+            assert "nonstop_hls_streams 1.0" in metrics and "nonstop_hls_sessions_total 2.0" in metrics
+            memory = float(re.search(r"^nonstop_hls_memory_bytes (\S+)$", metrics, re.M).group(1))
+            assert memory >= len(data)
             # Unknown paths: 404, and FLV still plays at its mount.
             assert get(f"http://127.0.0.1:{server.http_port}/live/livestream-999999.ts")[0] == 404
             assert get(f"http://127.0.0.1:{server.http_port}/live/nosuch.m3u8")[0] == 404
