@@ -105,6 +105,11 @@ class Hls:
     hls_nb_notify: int = 64             # read for compatibility: it sizes SRS's on_hls_notify (no hooks yet)
     hls_ctx: bool = True                # track each viewer by an hls_ctx session id (SRS 5+)
     hls_ts_ctx: bool = True             # and its segment requests too
+    hls_keys: bool = False              # AES-128 encryption of the segments
+    hls_fragments_per_key: int = 5      # a new key every this many segments
+    hls_key_file: str = "[app]/[stream]-[seq].key"     # the key's path and URL ([seq]: its first segment)
+    hls_key_file_path: str | None = None    # where key files are written with hls_path (None: hls_path)
+    hls_key_url: str = ""               # a base URL before the key's path in the playlist (e.g. https://...)
 
 
 @dataclass
@@ -259,6 +264,11 @@ VHOST = Block("vhost", Vhost, {
         "hls_nb_notify": Leaf("hls_nb_notify", integer(1)),
         "hls_ctx": Leaf("hls_ctx", on_off),
         "hls_ts_ctx": Leaf("hls_ts_ctx", on_off),
+        "hls_keys": Leaf("hls_keys", on_off),
+        "hls_fragments_per_key": Leaf("hls_fragments_per_key", integer(1)),
+        "hls_key_file": Leaf("hls_key_file", path_value),
+        "hls_key_file_path": Leaf("hls_key_file_path", path_value, optional=True),
+        "hls_key_url": Leaf("hls_key_url", text_value),
     }),
 })
 

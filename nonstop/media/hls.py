@@ -25,6 +25,8 @@ from __future__ import annotations
 import os
 import time
 
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
 from nonstop.log import log
 from nonstop.protocol import flv, m3u8
 from nonstop.protocol.mpegts import TsError, TsMuxer
@@ -48,7 +50,19 @@ def settings_from_config(hls) -> dict:
             "aof_ratio": hls.hls_aof_ratio, "window_ms": int(hls.hls_window * 1000),
             "wait_keyframe": hls.hls_wait_keyframe, "m3u8_file": hls.hls_m3u8_file, "ts_file": hls.hls_ts_file,
             "entry_prefix": hls.hls_entry_prefix, "path": hls.hls_path, "cleanup": hls.hls_cleanup,
-            "dispose_s": hls.hls_dispose, "ctx": hls.hls_ctx, "ts_ctx": hls.hls_ts_ctx}
+            "dispose_s": hls.hls_dispose, "ctx": hls.hls_ctx, "ts_ctx": hls.hls_ts_ctx,
+            "keys": hls.hls_keys, "fragments_per_key": hls.hls_fragments_per_key, "key_file": hls.hls_key_file,
+            "key_file_path": hls.hls_key_file_path, "key_url": hls.hls_key_url}
+
+
+AES_BLOCK = 16
+
+
+def encrypt_segment(data: bytes, key: bytes, iv: bytes) -> bytes:
+    """AES-128-CBC with PKCS7 padding over the whole segment (RFC 8216 4.3.2.4, METHOD=AES-128)."""
+    pad = AES_BLOCK - len(data) % AES_BLOCK
+    encryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
+    return encryptor.update(data + bytes((pad,)) * pad) + encryptor.finalize()
 
 
 def render(template: str, vhost: str, app: str, stream: str, seq: int | None = None, wall_ms: int = 0,
@@ -69,18 +83,22 @@ def render(template: str, vhost: str, app: str, stream: str, seq: int | None = N
 
 
 class Segment:
-    __slots__ = ("seq", "name", "uri", "duration_ms", "data", "discontinuity")
+    __slots__ = ("seq", "name", "uri", "duration_ms", "data", "discontinuity", "key_name", "iv")
 
-    def __init__(self, seq: int, name: str, uri: str, duration_ms: int, data: bytes, discontinuity: bool):
+    def __init__(self, seq: int, name: str, uri: str, duration_ms: int, data: bytes, discontinuity: bool,
+                 key_name: str = "", iv: str = ""):
         self.seq = seq
         self.name = name            # the path it is served at (and written to under hls_path), no leading /
         self.uri = uri              # what the playlist says
         self.duration_ms = duration_ms
         self.data = data
         self.discontinuity = discontinuity
+        self.key_name = key_name    # hls_keys: the path of the key it is encrypted with, and the IV (hex)
+        self.iv = iv
 
     def snapshot(self) -> list:
-        return [self.seq, self.name, self.uri, self.duration_ms, self.data, self.discontinuity]
+        return [self.seq, self.name, self.uri, self.duration_ms, self.data, self.discontinuity, self.key_name,
+                self.iv]
 
 
 class Segmenter:
@@ -109,6 +127,10 @@ class Segmenter:
         self.unpublished_at: float | None = None    # time.monotonic() when the publisher left
         self.dropped_frames = 0
         self.m3u8_name = render(settings["m3u8_file"], vhost, app, stream)
+        # hls_keys: the keys still needed by a segment served (path -> 16 bytes), and the one in use with its IV.
+        self.keys: dict[str, bytes] = {}
+        self.key_name = ""
+        self.key_iv = ""
         # The playlist, once a segment exists; only then does the index serve its path, so a stream that was
         # asked for but never published leaves nothing behind in the index.
         self.playlist: bytes | None = None
@@ -219,7 +241,12 @@ class Segmenter:
         seq = self.next_seq
         self.next_seq += 1
         name = render(self.settings["ts_file"], self.vhost, self.app, self.stream, seq, self.open_wall_ms, duration)
-        segment = Segment(seq, name, self._uri(name), duration, b"".join(chunks), self.open_discontinuity)
+        data = b"".join(chunks)
+        key_name = iv = ""
+        if self.settings.get("keys"):
+            key_name, iv = self._key_for(seq)
+            data = encrypt_segment(data, self.keys[key_name], bytes.fromhex(iv))
+        segment = Segment(seq, name, self._uri(name), duration, data, self.open_discontinuity, key_name, iv)
         self.segments.append(segment)
         if self.index is not None:
             self.index.add(name, self)
@@ -228,6 +255,27 @@ class Segmenter:
         self._refresh_playlist()
         if self.settings["path"]:
             self._write_files(segment)
+
+    def _key_for(self, seq: int) -> tuple[str, str]:
+        """A new key every hls_fragments_per_key segments (SRS: when seq % n == 0), with its own random IV."""
+        if not self.key_name or seq % self.settings["fragments_per_key"] == 0:
+            self.key_name = render(self.settings["key_file"], self.vhost, self.app, self.stream, seq)
+            self.key_iv = os.urandom(AES_BLOCK).hex()
+            self.keys[self.key_name] = os.urandom(AES_BLOCK)
+            if self.index is not None:
+                self.index.add(self.key_name, self)
+            if self.settings["path"]:
+                try:
+                    self._write_atomic(os.path.join(self.settings["key_file_path"] or self.settings["path"],
+                                                    self.key_name), self.keys[self.key_name])
+                except OSError as e:
+                    log.warn(self.cid, f"hls {self.m3u8_name}: cannot write the key file: {e}")
+        return self.key_name, self.key_iv
+
+    def _key_uri(self, key_name: str) -> str:
+        """hls_key_url + the key's path when hls_key_url is set (SRS), else as a segment's URI."""
+        url = self.settings.get("key_url")
+        return url.rstrip("/") + "/" + key_name if url else self._uri(key_name)
 
     def _uri(self, name: str) -> str:
         """The segment's URI in the playlist: relative to the playlist's directory when under it (as SRS),
@@ -252,14 +300,24 @@ class Segmenter:
                 self.index.remove(gone.name, self)
             if self.settings["path"] and self.settings["cleanup"]:
                 self._unlink(gone.name)
+        if self.keys:
+            needed = {seg.key_name for seg in self.segments + self.expired} | {self.key_name}
+            for key_name in [k for k in self.keys if k not in needed]:
+                del self.keys[key_name]
+                if self.index is not None:
+                    self.index.remove(key_name, self)
 
     def _refresh_playlist(self) -> None:
-        entries = [m3u8.Entry(s.uri, s.duration_ms, s.discontinuity) for s in self.segments]
+        entries = [m3u8.Entry(s.uri, s.duration_ms, s.discontinuity, self._key_uri(s.key_name) if s.key_name else "",
+                              s.iv) for s in self.segments]
         floor = int(self.settings["fragment_ms"] * self.settings["td_ratio"])
         first = self.segments[0].seq if self.segments else self.next_seq
         self.playlist = m3u8.media_playlist(entries, first, target_floor_ms=floor).encode()
 
     # ----- serving ---------------------------------------------------------------------------------------
+
+    def key_data(self, name: str) -> bytes | None:
+        return self.keys.get(name)
 
     def segment_data(self, name: str) -> bytes | None:
         for segment in self.segments:
@@ -319,6 +377,8 @@ class Segmenter:
         if self.index is not None:
             for segment in self.segments + self.expired:
                 self.index.remove(segment.name, self)
+            for key_name in self.keys:
+                self.index.remove(key_name, self)
             self.index.remove(self.m3u8_name, self)
         if self.settings["path"]:
             for segment in self.segments + self.expired:
@@ -335,6 +395,8 @@ class Segmenter:
             index.add(self.m3u8_name, self)
         for segment in self.segments + self.expired:
             index.add(segment.name, self)
+        for key_name in self.keys:
+            index.add(key_name, self)
 
     def snapshot(self) -> dict:
         return {"version": SNAPSHOT_VERSION, "settings": dict(self.settings), "vhost": self.vhost, "app": self.app,
@@ -346,7 +408,8 @@ class Segmenter:
                     "last_ts": self.open_last_ts, "wall_ms": self.open_wall_ms,
                     "discontinuity": self.open_discontinuity},
                 "discontinuity_next": self.discontinuity_next, "video_sh": self.video_sh, "audio_sh": self.audio_sh,
-                "unpublished_at": self.unpublished_at, "dropped_frames": self.dropped_frames}
+                "unpublished_at": self.unpublished_at, "dropped_frames": self.dropped_frames,
+                "keys": dict(self.keys), "key_name": self.key_name, "key_iv": self.key_iv}
 
     @classmethod
     def restore(cls, snap: dict, index: "HlsIndex | None" = None, cid: str = "hls") -> "Segmenter":
@@ -366,6 +429,8 @@ class Segmenter:
         self.discontinuity_next = snap["discontinuity_next"]
         self.video_sh, self.audio_sh = snap["video_sh"], snap["audio_sh"]
         self.unpublished_at, self.dropped_frames = snap["unpublished_at"], snap["dropped_frames"]
+        self.keys = dict(snap.get("keys") or {})
+        self.key_name, self.key_iv = snap.get("key_name", ""), snap.get("key_iv", "")
         if self.segments:
             self._refresh_playlist()
         if index is not None:

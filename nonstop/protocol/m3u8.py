@@ -17,6 +17,8 @@ class Entry:
     uri: str
     duration_ms: int
     discontinuity: bool = False
+    key_uri: str = ""       # AES-128: the key's URI ("" = not encrypted)
+    iv: str = ""            # and its IV, 32 hex digits
 
 
 def target_duration(entries: list[Entry], floor_ms: int) -> int:
@@ -33,9 +35,17 @@ def media_playlist(entries: list[Entry], media_sequence: int, *, target_floor_ms
     if discontinuity_sequence:
         lines.append(f"#EXT-X-DISCONTINUITY-SEQUENCE:{discontinuity_sequence}")
     lines.append(f"#EXT-X-TARGETDURATION:{target_duration(entries, target_floor_ms)}")
+    key = ("", "")
     for entry in entries:
         if entry.discontinuity:
             lines.append("#EXT-X-DISCONTINUITY")
+        # RFC 8216 4.3.2.4: a key applies to every segment after it until the next EXT-X-KEY, so one is written
+        # before the first segment listed and wherever the key changes, never only where a key began (SRS),
+        # which would leave the first segments of a sliding window without one.
+        if (entry.key_uri, entry.iv) != key:
+            key = (entry.key_uri, entry.iv)
+            lines.append(f'#EXT-X-KEY:METHOD=AES-128,URI="{entry.key_uri}",IV=0x{entry.iv}' if entry.key_uri
+                         else "#EXT-X-KEY:METHOD=NONE")
         lines.append(f"#EXTINF:{entry.duration_ms / 1000:.3f}, no desc")
         lines.append(entry.uri)
     if ended:

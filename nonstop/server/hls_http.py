@@ -30,6 +30,7 @@ from nonstop.log import log
 
 CONTENT_TYPE_M3U8 = "application/vnd.apple.mpegurl"
 CONTENT_TYPE_TS = "video/mp2t"
+CONTENT_TYPE_KEY = "application/octet-stream"     # hls_keys: the 16 bytes of an AES-128 key
 # The playlist changes every segment: a CDN or browser may reuse it for a second at most (a player asks again
 # after half a target duration or more). Segments never change once listed: cache them for a day.
 CACHE_PLAYLIST = "max-age=1"
@@ -161,7 +162,9 @@ def serve(conn, method: str, path: str, query: str) -> bool:
             session.send_bytes += len(body)
         _respond(conn, method, 200, "OK", CONTENT_TYPE_M3U8, body, CACHE_PLAYLIST)
         return True
-    data = segmenter.segment_data(name)
+    data, content_type = segmenter.segment_data(name), CONTENT_TYPE_TS
+    if data is None:
+        data, content_type = segmenter.key_data(name), CONTENT_TYPE_KEY
     if data is None:
         _respond(conn, method, 404, "Not Found", "text/plain", b"404 Not Found\n", "no-cache")
         return True
@@ -169,7 +172,7 @@ def serve(conn, method: str, path: str, query: str) -> bool:
         session = worker.hls_sessions.get(ctx) or worker.hls_sessions.touch(ctx, worker, segmenter, conn.ip, now)
         session.last_seen = now
         session.send_bytes += len(data)
-    _respond(conn, method, 200, "OK", CONTENT_TYPE_TS, data, CACHE_SEGMENT)
+    _respond(conn, method, 200, "OK", content_type, data, CACHE_SEGMENT)
     return True
 
 

@@ -423,3 +423,25 @@ def test_hlsjs_in_headless_chromium_plays_in_real_time_without_errors(test_flv, 
     assert last["supported"] and not last["errors"]
     assert abs(played - wall) < 0.5, "playback did not keep up with real time (a stall or a jump)"
     assert frames >= 25 * wall * 0.9
+
+
+def test_hls_keys_ffmpeg_decrypts_with_the_served_key_and_decodes_every_frame(test_flv):
+    body = "hls { enabled on; hls_fragment 1; hls_window 6; hls_keys on; hls_fragments_per_key 2; }"
+    with Server(vhost_body=body) as server:
+        pub = publish_file(server.rtmp_url(), test_flv)
+        try:
+            text = wait_segments(server, 3)
+            assert "#EXT-X-KEY:METHOD=AES-128,URI=" in text
+            key_uri = re.search(r'URI="([^"]+)"', text).group(1)
+            status, headers, key = get(f"http://127.0.0.1:{server.http_port}/live/{key_uri}")
+            assert status == 200 and len(key) == 16 and headers["Content-Type"] == "application/octet-stream"
+            status, _, data = get(f"http://127.0.0.1:{server.http_port}/live/{segments_of(text)[0][1]}")
+            assert status == 200 and len(data) % 16 == 0 and data[:1] != b"\x47"   # not clear TS
+            proc = subprocess.run([FFMPEG, "-v", "error", "-i", m3u8_url(server), "-t", "3", "-f", "framecrc", "-"],
+                                  capture_output=True, text=True, timeout=60)
+            result = parse_framecrc(proc.returncode, proc.stdout, proc.stderr)
+            assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr[-2000:]
+            assert_frames_match_timestamps(result, min_frames=60)
+            print(f"decrypted and decoded {len(result.video)} video frames")
+        finally:
+            stop_proc(pub)

@@ -194,3 +194,38 @@ def test_a_stream_whose_keyframes_stop_is_cut_at_three_targets_and_resumes_at_th
     feed(seg, stream(25 * 12, gop=25 * 10, audio=False))
     assert [(s.seq, s.duration_ms) for s in seg.segments][:1] == [(0, 3000)]
     assert seg.open_start_ts == 10000      # the next segment opened at the keyframe at 10 s
+
+
+def _decrypt(data: bytes, key: bytes, iv: bytes) -> bytes:
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    decryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).decryptor()
+    plain = decryptor.update(data) + decryptor.finalize()
+    return plain[:-plain[-1]]
+
+
+def test_hls_keys_encrypt_each_segment_with_a_key_per_fragments_per_key_and_a_key_tag_where_it_changes():
+    seg = make(hls_fragment=1, hls_window=5, hls_keys=True, hls_fragments_per_key=2)
+    feed(seg, stream(25 * 9))
+    lines = seg.playlist.decode().splitlines()
+    keys = [line for line in lines if line.startswith("#EXT-X-KEY")]
+    first_listed = seg.segments[0].seq
+    # a key tag before the first segment listed, then one at each new key (seq % 2 == 0)
+    assert lines[lines.index(keys[0]) + 2] == f"s-{first_listed}.ts"
+    assert len(keys) == len({s.key_name for s in seg.segments})
+    for s in seg.segments:
+        assert s.key_name == f"live/s-{s.seq - s.seq % 2}.key"
+        assert f'URI="s-{s.seq - s.seq % 2}.key",IV=0x{s.iv}' in seg.playlist.decode()
+        plain = _decrypt(s.data, seg.key_data(s.key_name), bytes.fromhex(s.iv))
+        assert plain[:1] == b"\x47" and len(plain) % 188 == 0
+    # keys no segment needs any more are forgotten
+    assert set(seg.keys) == {s.key_name for s in seg.segments + seg.expired} | {seg.key_name}
+    assert seg.index.get(seg.segments[0].key_name) is seg
+    moved = Segmenter.restore(wire.loads(wire.dumps(seg.snapshot())), HlsIndex())
+    assert moved.playlist == seg.playlist and moved.keys == seg.keys
+    assert moved.index.get(seg.key_name) is moved
+
+
+def test_hls_key_url_prefixes_the_key_uri():
+    seg = make(hls_fragment=1, hls_keys=True, hls_key_url="https://keys.example")
+    feed(seg, stream(25 * 3))
+    assert b'URI="https://keys.example/live/s-0.key"' in seg.playlist
