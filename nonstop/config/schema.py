@@ -110,6 +110,9 @@ class Hls:
     hls_key_file: str = "[app]/[stream]-[seq].key"     # the key's path and URL ([seq]: its first segment)
     hls_key_file_path: str | None = None    # where key files are written with hls_path (None: hls_path)
     hls_key_url: str = ""               # a base URL before the key's path in the playlist (e.g. https://...)
+    hls_use_fmp4: bool = False          # fMP4 (CMAF) segments instead of MPEG-TS (SRS 7)
+    hls_fmp4_file: str = "[app]/[stream]-[seq].m4s"
+    hls_init_file: str = "[app]/[stream]-init.mp4"
 
 
 @dataclass
@@ -269,6 +272,9 @@ VHOST = Block("vhost", Vhost, {
         "hls_key_file": Leaf("hls_key_file", path_value),
         "hls_key_file_path": Leaf("hls_key_file_path", path_value, optional=True),
         "hls_key_url": Leaf("hls_key_url", text_value),
+        "hls_use_fmp4": Leaf("hls_use_fmp4", on_off),
+        "hls_fmp4_file": Leaf("hls_fmp4_file", path_value),
+        "hls_init_file": Leaf("hls_init_file", path_value),
     }),
 })
 

@@ -46,9 +46,9 @@ UNSUPPORTED: dict[str, frozenset[str]] = {
     "vhost.play": frozenset({"mix_correct", "atc", "atc_auto", "send_min_interval", "reduce_sequence_header"}),
     "vhost.publish": frozenset({"mr", "mr_latency", "parse_sps", "try_annexb_first", "kickoff_for_idle"}),
     "vhost.cluster": frozenset({"token_traverse", "vhost", "debug_srs_upnode", "follow_client"}),
-    # HLS that nonstop does not do (yet): fMP4, SRS's timestamp tweaks and error strategies.
+    # HLS that nonstop does not do (yet): SRS's timestamp tweaks and error strategies.
     "vhost.hls": frozenset({
-        "hls_use_fmp4", "hls_fmp4_file", "hls_init_file", "hls_on_error", "hls_ts_floor", "hls_dts_directly",
+        "hls_on_error", "hls_ts_floor", "hls_dts_directly",
         "hls_recover", "hls_master_m3u8_path_relative", "hls_storage", "hls_mount",
     }),
     "vhost.http_remux": frozenset({

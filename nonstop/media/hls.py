@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from nonstop.log import log
 from nonstop.protocol import flv, m3u8
+from nonstop.protocol.fmp4 import Fmp4Muxer, Sample
 from nonstop.protocol.mpegts import TsError, TsMuxer
 from nonstop.protocol.rtmp import MSG_AUDIO, MSG_VIDEO
 
@@ -52,7 +53,8 @@ def settings_from_config(hls) -> dict:
             "entry_prefix": hls.hls_entry_prefix, "path": hls.hls_path, "cleanup": hls.hls_cleanup,
             "dispose_s": hls.hls_dispose, "ctx": hls.hls_ctx, "ts_ctx": hls.hls_ts_ctx,
             "keys": hls.hls_keys, "fragments_per_key": hls.hls_fragments_per_key, "key_file": hls.hls_key_file,
-            "key_file_path": hls.hls_key_file_path, "key_url": hls.hls_key_url}
+            "key_file_path": hls.hls_key_file_path, "key_url": hls.hls_key_url,
+            "fmp4": hls.hls_use_fmp4, "fmp4_file": hls.hls_fmp4_file, "init_file": hls.hls_init_file}
 
 
 AES_BLOCK = 16
@@ -110,7 +112,11 @@ class Segmenter:
         self.vhost, self.app, self.stream = vhost, app, stream
         self.cid = cid
         self.index = index
-        self.muxer = TsMuxer()
+        # MPEG-TS, or fMP4 with hls_use_fmp4: the open segment is then a list of Samples, not TS bytes.
+        self.fmp4 = bool(settings.get("fmp4"))
+        self.muxer = Fmp4Muxer() if self.fmp4 else TsMuxer()
+        self.init_name = render(settings["init_file"], vhost, app, stream) if self.fmp4 else ""
+        self.init_data = b""
         self.segments: list[Segment] = []       # in the playlist, oldest first
         self.expired: list[Segment] = []        # left the playlist, still served
         self.next_seq = 0                       # media sequence number of the next segment to open
@@ -206,8 +212,8 @@ class Segmenter:
             self._open(timestamp, wall_ms)
 
     def _open(self, timestamp: int, wall_ms: int | None) -> None:
-        self.open_chunks = [self.muxer.tables()]
-        self.open_bytes = len(self.open_chunks[0])
+        self.open_chunks = [] if self.fmp4 else [self.muxer.tables()]
+        self.open_bytes = sum(len(c) for c in self.open_chunks)
         self.open_start_ts = self.open_last_ts = timestamp
         self.open_wall_ms = int(time.time() * 1000) if wall_ms is None else wall_ms
         self.open_discontinuity = self.discontinuity_next
@@ -223,7 +229,7 @@ class Segmenter:
             return
         if data:
             self.open_chunks.append(data)
-            self.open_bytes += len(data)
+            self.open_bytes += len(data.data) if self.fmp4 else len(data)
             if timestamp > self.open_last_ts:
                 self.open_last_ts = timestamp
 
@@ -238,12 +244,22 @@ class Segmenter:
                 # Too short to keep: its frames go to the next segment's start instead.
                 self.open_chunks = chunks
             return
+        if self.fmp4 and not chunks:
+            return
         seq = self.next_seq
         self.next_seq += 1
-        name = render(self.settings["ts_file"], self.vhost, self.app, self.stream, seq, self.open_wall_ms, duration)
-        data = b"".join(chunks)
+        template = self.settings["fmp4_file"] if self.fmp4 else self.settings["ts_file"]
+        name = render(template, self.vhost, self.app, self.stream, seq, self.open_wall_ms, duration)
+        if self.fmp4:
+            data = self.muxer.fragment(chunks, end_ts)
+            # The init segment follows the codec configuration (a change also marks a discontinuity).
+            self.init_data = self.muxer.init_segment()
+            if self.index is not None:
+                self.index.add(self.init_name, self)
+        else:
+            data = b"".join(chunks)
         key_name = iv = ""
-        if self.settings.get("keys"):
+        if self.settings.get("keys") and not self.fmp4:
             key_name, iv = self._key_for(seq)
             data = encrypt_segment(data, self.keys[key_name], bytes.fromhex(iv))
         segment = Segment(seq, name, self._uri(name), duration, data, self.open_discontinuity, key_name, iv)
@@ -312,12 +328,16 @@ class Segmenter:
                               s.iv) for s in self.segments]
         floor = int(self.settings["fragment_ms"] * self.settings["td_ratio"])
         first = self.segments[0].seq if self.segments else self.next_seq
-        self.playlist = m3u8.media_playlist(entries, first, target_floor_ms=floor).encode()
+        map_uri = self._uri(self.init_name) if self.fmp4 else ""
+        self.playlist = m3u8.media_playlist(entries, first, target_floor_ms=floor, map_uri=map_uri).encode()
 
     # ----- serving ---------------------------------------------------------------------------------------
 
     def key_data(self, name: str) -> bytes | None:
         return self.keys.get(name)
+
+    def init_segment_data(self, name: str) -> bytes | None:
+        return self.init_data if self.fmp4 and name == self.init_name and self.init_data else None
 
     def segment_data(self, name: str) -> bytes | None:
         for segment in self.segments:
@@ -379,6 +399,8 @@ class Segmenter:
                 self.index.remove(segment.name, self)
             for key_name in self.keys:
                 self.index.remove(key_name, self)
+            if self.init_name:
+                self.index.remove(self.init_name, self)
             self.index.remove(self.m3u8_name, self)
         if self.settings["path"]:
             for segment in self.segments + self.expired:
@@ -397,6 +419,8 @@ class Segmenter:
             index.add(segment.name, self)
         for key_name in self.keys:
             index.add(key_name, self)
+        if self.init_data:
+            index.add(self.init_name, self)
 
     def snapshot(self) -> dict:
         return {"version": SNAPSHOT_VERSION, "settings": dict(self.settings), "vhost": self.vhost, "app": self.app,
@@ -404,26 +428,33 @@ class Segmenter:
                 "segments": [s.snapshot() for s in self.segments], "expired": [s.snapshot() for s in self.expired],
                 "next_seq": self.next_seq,
                 "open": None if self.open_chunks is None else {
-                    "data": b"".join(self.open_chunks), "start_ts": self.open_start_ts,
+                    "data": [[c.track, c.dts, c.cts, c.data, c.sync] for c in self.open_chunks] if self.fmp4
+                    else b"".join(self.open_chunks), "start_ts": self.open_start_ts,
                     "last_ts": self.open_last_ts, "wall_ms": self.open_wall_ms,
                     "discontinuity": self.open_discontinuity},
                 "discontinuity_next": self.discontinuity_next, "video_sh": self.video_sh, "audio_sh": self.audio_sh,
                 "unpublished_at": self.unpublished_at, "dropped_frames": self.dropped_frames,
-                "keys": dict(self.keys), "key_name": self.key_name, "key_iv": self.key_iv}
+                "keys": dict(self.keys), "key_name": self.key_name, "key_iv": self.key_iv,
+                "init_data": self.init_data}
 
     @classmethod
     def restore(cls, snap: dict, index: "HlsIndex | None" = None, cid: str = "hls") -> "Segmenter":
         if snap.get("version") != SNAPSHOT_VERSION:
             raise ValueError(f"unknown HLS snapshot version {snap.get('version')!r}")
         self = cls(snap["settings"], snap["vhost"], snap["app"], snap["stream"], None, cid)
-        self.muxer = TsMuxer.restore(snap["muxer"])
+        self.muxer = (Fmp4Muxer if self.fmp4 else TsMuxer).restore(snap["muxer"])
+        self.init_data = snap.get("init_data", b"")
         self.segments = [Segment(*s) for s in snap["segments"]]
         self.expired = [Segment(*s) for s in snap["expired"]]
         self.next_seq = snap["next_seq"]
         opened = snap["open"]
         if opened is not None:
-            self.open_chunks = [opened["data"]]
-            self.open_bytes = len(opened["data"])
+            if self.fmp4:
+                self.open_chunks = [Sample(*c) for c in opened["data"]]
+                self.open_bytes = sum(len(c.data) for c in self.open_chunks)
+            else:
+                self.open_chunks = [opened["data"]]
+                self.open_bytes = len(opened["data"])
             self.open_start_ts, self.open_last_ts = opened["start_ts"], opened["last_ts"]
             self.open_wall_ms, self.open_discontinuity = opened["wall_ms"], opened["discontinuity"]
         self.discontinuity_next = snap["discontinuity_next"]

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 
 VERSION = 3     # EXTINF with decimals needs version 3 (RFC 8216 7)
+VERSION_MAP = 7     # EXT-X-MAP in a playlist without I-frames only needs 6; hls.js and Apple's tools write 7
 
 
 @dataclass
@@ -29,12 +30,16 @@ def target_duration(entries: list[Entry], floor_ms: int) -> int:
 
 
 def media_playlist(entries: list[Entry], media_sequence: int, *, target_floor_ms: int,
-                   discontinuity_sequence: int = 0, ended: bool = False) -> str:
-    """The playlist of `entries`, the first having media sequence number `media_sequence`."""
-    lines = ["#EXTM3U", f"#EXT-X-VERSION:{VERSION}", f"#EXT-X-MEDIA-SEQUENCE:{media_sequence}"]
+                   discontinuity_sequence: int = 0, ended: bool = False, map_uri: str = "") -> str:
+    """The playlist of `entries`, the first having media sequence number `media_sequence`; `map_uri` is the
+    fMP4 init segment (EXT-X-MAP)."""
+    lines = ["#EXTM3U", f"#EXT-X-VERSION:{VERSION_MAP if map_uri else VERSION}",
+             f"#EXT-X-MEDIA-SEQUENCE:{media_sequence}"]
     if discontinuity_sequence:
         lines.append(f"#EXT-X-DISCONTINUITY-SEQUENCE:{discontinuity_sequence}")
     lines.append(f"#EXT-X-TARGETDURATION:{target_duration(entries, target_floor_ms)}")
+    if map_uri:
+        lines.append(f'#EXT-X-MAP:URI="{map_uri}"')
     key = ("", "")
     for entry in entries:
         if entry.discontinuity:

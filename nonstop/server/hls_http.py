@@ -30,6 +30,7 @@ from nonstop.log import log
 
 CONTENT_TYPE_M3U8 = "application/vnd.apple.mpegurl"
 CONTENT_TYPE_TS = "video/mp2t"
+CONTENT_TYPE_MP4 = "video/mp4"                    # fMP4 segments and their init segment
 CONTENT_TYPE_KEY = "application/octet-stream"     # hls_keys: the 16 bytes of an AES-128 key
 # The playlist changes every segment: a CDN or browser may reuse it for a second at most (a player asks again
 # after half a target duration or more). Segments never change once listed: cache them for a day.
@@ -165,6 +166,10 @@ def serve(conn, method: str, path: str, query: str) -> bool:
     data, content_type = segmenter.segment_data(name), CONTENT_TYPE_TS
     if data is None:
         data, content_type = segmenter.key_data(name), CONTENT_TYPE_KEY
+    if data is None:
+        data, content_type = segmenter.init_segment_data(name), CONTENT_TYPE_MP4
+    elif segmenter.fmp4 and content_type == CONTENT_TYPE_TS:
+        content_type = CONTENT_TYPE_MP4
     if data is None:
         _respond(conn, method, 404, "Not Found", "text/plain", b"404 Not Found\n", "no-cache")
         return True

@@ -68,8 +68,12 @@ def wait_segments(server: Server, n: int, stream: str = "livestream", timeout: f
     return found["text"]
 
 
-def test_ffmpeg_plays_the_m3u8_from_memory_and_decodes_every_frame(test_flv):
-    with Server(vhost_body=HLS_BODY) as server:
+FMP4_BODY = "hls { enabled on; hls_fragment 1; hls_window 6; hls_dispose 30; hls_use_fmp4 on; }"
+
+
+@pytest.mark.parametrize("body", [HLS_BODY, FMP4_BODY], ids=["ts", "fmp4"])
+def test_ffmpeg_plays_the_m3u8_from_memory_and_decodes_every_frame(test_flv, body):
+    with Server(vhost_body=body) as server:
         pub = publish_file(server.rtmp_url(), test_flv)
         try:
             wait_segments(server, 3)
@@ -373,11 +377,12 @@ setTimeout(() => report('last'), 9000);
 
 
 @pytest.mark.skipif(not CHROMIUM, reason="Chromium is not installed (make test-deps installs it)")
-def test_hlsjs_in_headless_chromium_plays_in_real_time_without_errors(test_flv, tmp_path):
+@pytest.mark.parametrize("body", [HLS_BODY, FMP4_BODY], ids=["ts", "fmp4"])
+def test_hlsjs_in_headless_chromium_plays_in_real_time_without_errors(test_flv, tmp_path, body):
     assert HLSJS.exists(), f"{HLSJS} is missing: `make test-deps` installs hls.js from npm"
     reports: list[dict] = []
     script = HLSJS.read_bytes()
-    with Server(vhost_body=HLS_BODY) as server:
+    with Server(vhost_body=body) as server:
         page = HLSJS_PAGE.replace("M3U8", m3u8_url(server)).encode()
 
         class Handler(http.server.BaseHTTPRequestHandler):

@@ -110,14 +110,14 @@ def test_hls_directives_nonstop_lacks_are_warned_by_name_and_bad_values_name_the
                 hls_fragment 2.5;
                 hls_path /tmp/hls;
                 hls_ts_floor on;
-                hls_use_fmp4 on;
+                hls_dts_directly on;
             }
         }
     """, path="c.conf")
     assert config.vhosts["v"].hls.hls_fragment == 2.5 and config.vhosts["v"].hls.hls_path == "/tmp/hls"
     assert config.warnings == [
         "c.conf:7: 'hls.hls_ts_floor' is an SRS directive nonstop does not support; ignored",
-        "c.conf:8: 'hls.hls_use_fmp4' is an SRS directive nonstop does not support; ignored",
+        "c.conf:8: 'hls.hls_dts_directly' is an SRS directive nonstop does not support; ignored",
     ]
     assert error("listen 1935;\nvhost v {\n hls { hls_td_ratio -1; }\n}\n") == \
         "nonstop.conf:3: hls.hls_td_ratio: expected a positive number, got '-1'"

@@ -158,20 +158,20 @@ def test_a_source_with_hls_is_not_freed_while_its_playlist_lingers_and_carries_i
     assert Source.restore(snap, 12.0).hls is None
 
 
-@settings(max_examples=40, deadline=None)
-@given(st.integers(0, 25 * 8 * 2 + 1), st.integers(1, 3), st.booleans())
-def test_a_snapshot_anywhere_continues_byte_for_byte(split, gop_s, wait_keyframe):
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 25 * 8 * 2 + 1), st.integers(1, 3), st.booleans(), st.booleans())
+def test_a_snapshot_anywhere_continues_byte_for_byte(split, gop_s, wait_keyframe, fmp4):
     messages = list(stream(25 * 8, gop=25 * gop_s))
-    whole = make(hls_fragment=1, hls_window=4, hls_wait_keyframe=wait_keyframe)
+    whole = make(hls_fragment=1, hls_window=4, hls_wait_keyframe=wait_keyframe, hls_use_fmp4=fmp4)
     feed(whole, messages)
-    first = make(hls_fragment=1, hls_window=4, hls_wait_keyframe=wait_keyframe)
+    first = make(hls_fragment=1, hls_window=4, hls_wait_keyframe=wait_keyframe, hls_use_fmp4=fmp4)
     feed(first, messages[:split])
     moved = Segmenter.restore(wire.loads(wire.dumps(first.snapshot())), HlsIndex())
     feed(moved, messages[split:])
     assert moved.playlist == whole.playlist
     assert [(s.seq, s.name, s.data) for s in moved.segments + moved.expired] == \
         [(s.seq, s.name, s.data) for s in whole.segments + whole.expired]
-    assert moved.muxer.cc == whole.muxer.cc
+    assert moved.muxer.snapshot() == whole.muxer.snapshot()
     assert set(moved.index.paths) == set(whole.index.paths)
 
 
@@ -229,3 +229,13 @@ def test_hls_key_url_prefixes_the_key_uri():
     seg = make(hls_fragment=1, hls_keys=True, hls_key_url="https://keys.example")
     feed(seg, stream(25 * 3))
     assert b'URI="https://keys.example/live/s-0.key"' in seg.playlist
+
+
+def test_fmp4_segments_with_an_init_segment_in_ext_x_map():
+    seg = make(hls_fragment=1, hls_use_fmp4=True)
+    feed(seg, stream(25 * 4))
+    text = seg.playlist.decode()
+    assert "#EXT-X-VERSION:7" in text and '#EXT-X-MAP:URI="s-init.mp4"' in text and "\ns-0.m4s\n" in text
+    assert seg.init_segment_data("live/s-init.mp4")[4:8] == b"ftyp"
+    assert seg.segment_data("live/s-0.m4s")[4:8] == b"moof"
+    assert seg.index.get("live/s-init.mp4") is seg
