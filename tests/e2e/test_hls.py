@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.upgrade_helpers import TimedPlayer, UpgradeServer
-from tests.helpers import (FFMPEG, FFPROBE, Server, assert_frames_match_timestamps, make_test_flv, parse_framecrc, publish_file,
-                           stop_proc, wait_for)
+from tests.helpers import (FFMPEG, FFPROBE, Server, assert_frames_match_timestamps, make_test_flv, parse_framecrc,
+                           publish_file, stop_proc, wait_for)
 
 pytestmark = pytest.mark.timeout(150)
 
