@@ -113,6 +113,8 @@ class Hls:
     hls_use_fmp4: bool = False          # fMP4 (CMAF) segments instead of MPEG-TS (SRS 7)
     hls_fmp4_file: str = "[app]/[stream]-[seq].m4s"
     hls_init_file: str = "[app]/[stream]-init.mp4"
+    # New (SRS has no LL-HLS): LL-HLS parts of this many seconds, with hls_use_fmp4; 0 = off.
+    hls_part: float = 0.0
 
 
 @dataclass
@@ -275,6 +277,7 @@ VHOST = Block("vhost", Vhost, {
         "hls_use_fmp4": Leaf("hls_use_fmp4", on_off),
         "hls_fmp4_file": Leaf("hls_fmp4_file", path_value),
         "hls_init_file": Leaf("hls_init_file", path_value),
+        "hls_part": Leaf("hls_part", positive_seconds),
     }),
 })
 

@@ -43,6 +43,11 @@ REPUBLISH_WINDOW_MS = 5000
 # An open segment with no keyframe for this many times its target is cut anyway (bounded memory for a
 # stream whose keyframes stopped): SRS keeps at most max_td * 3 worth.
 MAX_OPEN_RATIO = 3
+# LL-HLS (hls_part): a part is cut at the first frame once it lasts this share of hls_part, so that it never
+# exceeds PART-TARGET and, but for a segment's last part, is at least 85 % of it (RFC 8216bis 4.4.4.9).
+PART_CUT_RATIO = 0.85
+# The completed segments whose parts the playlist still lists (RFC 8216bis: those in the last 3 target durations).
+PARTS_LISTED_SEGMENTS = 3
 
 
 def settings_from_config(hls) -> dict:
@@ -54,7 +59,8 @@ def settings_from_config(hls) -> dict:
             "dispose_s": hls.hls_dispose, "ctx": hls.hls_ctx, "ts_ctx": hls.hls_ts_ctx,
             "keys": hls.hls_keys, "fragments_per_key": hls.hls_fragments_per_key, "key_file": hls.hls_key_file,
             "key_file_path": hls.hls_key_file_path, "key_url": hls.hls_key_url,
-            "fmp4": hls.hls_use_fmp4, "fmp4_file": hls.hls_fmp4_file, "init_file": hls.hls_init_file}
+            "fmp4": hls.hls_use_fmp4, "fmp4_file": hls.hls_fmp4_file, "init_file": hls.hls_init_file,
+            "part_ms": int(hls.hls_part * 1000) if hls.hls_use_fmp4 else 0}
 
 
 AES_BLOCK = 16
@@ -85,10 +91,10 @@ def render(template: str, vhost: str, app: str, stream: str, seq: int | None = N
 
 
 class Segment:
-    __slots__ = ("seq", "name", "uri", "duration_ms", "data", "discontinuity", "key_name", "iv")
+    __slots__ = ("seq", "name", "uri", "duration_ms", "data", "discontinuity", "key_name", "iv", "parts", "wall_ms")
 
     def __init__(self, seq: int, name: str, uri: str, duration_ms: int, data: bytes, discontinuity: bool,
-                 key_name: str = "", iv: str = ""):
+                 key_name: str = "", iv: str = "", parts: list | None = None, wall_ms: int = 0):
         self.seq = seq
         self.name = name            # the path it is served at (and written to under hls_path), no leading /
         self.uri = uri              # what the playlist says
@@ -97,10 +103,13 @@ class Segment:
         self.discontinuity = discontinuity
         self.key_name = key_name    # hls_keys: the path of the key it is encrypted with, and the IV (hex)
         self.iv = iv
+        # LL-HLS: [name, duration_ms, independent, offset, length] of each part; a part is a slice of data.
+        self.parts = parts or []
+        self.wall_ms = wall_ms      # the wall clock when its first frame arrived (EXT-X-PROGRAM-DATE-TIME)
 
     def snapshot(self) -> list:
         return [self.seq, self.name, self.uri, self.duration_ms, self.data, self.discontinuity, self.key_name,
-                self.iv]
+                self.iv, self.parts, self.wall_ms]
 
 
 class Segmenter:
@@ -117,6 +126,15 @@ class Segmenter:
         self.muxer = Fmp4Muxer() if self.fmp4 else TsMuxer()
         self.init_name = render(settings["init_file"], vhost, app, stream) if self.fmp4 else ""
         self.init_data = b""
+        # LL-HLS (hls_part, fMP4 only): the open segment's name and its parts so far ([name, duration_ms,
+        # independent, data]); open_chunks then holds the samples of the part being filled since part_start_ts.
+        self.part_ms = settings.get("part_ms", 0) if self.fmp4 else 0
+        self.open_name = ""
+        self.open_parts: list[list] = []
+        self.part_start_ts = 0
+        # Requests held until a part or segment exists (blocking reload): [ready(), wake(), owner]; not handed
+        # over (a request in flight drains in the old worker).
+        self.waiters: list = []
         self.segments: list[Segment] = []       # in the playlist, oldest first
         self.expired: list[Segment] = []        # left the playlist, still served
         self.next_seq = 0                       # media sequence number of the next segment to open
@@ -165,6 +183,7 @@ class Segmenter:
             self._maybe_reap(timestamp, keyframe, video=True, wall_ms=wall_ms)
             if self.open_chunks is None:
                 return
+            self._maybe_cut_part(timestamp)
             self._write(self.muxer.video, timestamp, payload)
         elif type_id == MSG_AUDIO:
             if flv.is_audio_sequence_header(payload):
@@ -173,6 +192,10 @@ class Segmenter:
             self._maybe_reap(timestamp, False, video=False, wall_ms=wall_ms)
             if self.open_chunks is None:
                 return
+            if self.video_sh is None:
+                # Parts are cut at video frames when there is video: a part's last video frame then lasts until
+                # the next part's first, with no hole in the video timeline.
+                self._maybe_cut_part(timestamp)
             self._write(self.muxer.audio, timestamp, payload)
 
     def _on_sequence_header(self, attr: str, payload: bytes, timestamp: int) -> None:
@@ -218,6 +241,68 @@ class Segmenter:
         self.open_wall_ms = int(time.time() * 1000) if wall_ms is None else wall_ms
         self.open_discontinuity = self.discontinuity_next
         self.discontinuity_next = False
+        if self.part_ms:
+            # Parts are requested before their segment ends, so the name is fixed now ([duration] is 0).
+            self.open_name = render(self.settings["fmp4_file"], self.vhost, self.app, self.stream, self.next_seq,
+                                    self.open_wall_ms, 0)
+            self.open_parts = []
+            self.part_start_ts = timestamp
+            self._refresh_playlist()
+            self._index_hint()
+
+    def _part_name(self, segment_name: str, index: int) -> str:
+        base, ext = os.path.splitext(segment_name)
+        return f"{base}.{index}{ext}"
+
+    def _maybe_cut_part(self, timestamp: int) -> None:
+        if self.part_ms and self.open_chunks and timestamp - self.part_start_ts >= self.part_ms * PART_CUT_RATIO:
+            self._cut_part(timestamp)
+            self._refresh_playlist()
+            self._index_hint()
+            self._wake()
+
+    def _cut_part(self, end_ts: int) -> None:
+        """The samples since the last part become one moof/mdat part, served at once under its own name."""
+        samples, self.open_chunks = self.open_chunks, []
+        first = samples[0]
+        independent = first.sync and (first.track == 1 or self.video_sh is None)
+        if not independent and any(s.track == 1 and s.sync for s in samples):
+            independent = samples[[s.track == 1 for s in samples].index(True)].sync
+        name = self._part_name(self.open_name, len(self.open_parts))
+        data = self.muxer.fragment(samples, end_ts)
+        self.open_parts.append([name, end_ts - self.part_start_ts, independent, data])
+        self.init_data = self.muxer.init_segment()
+        if self.index is not None:
+            self.index.add(name, self)
+            self.index.add(self.init_name, self)
+        self.part_start_ts = end_ts
+
+    def _index_hint(self) -> None:
+        """The hinted part's path is served (held until the part exists), so a player may ask for it early."""
+        hint = self.preload_hint()
+        if hint and self.index is not None:
+            self.index.add(hint, self)
+
+    def _wake(self) -> None:
+        """Answer the held requests that can be answered now."""
+        if self.waiters:
+            ready = [w for w in self.waiters if w[0]()]
+            self.waiters = [w for w in self.waiters if w not in ready]
+            for waiter in ready:
+                waiter[1]()
+
+    def has(self, msn: int, part: int | None) -> bool:
+        """Whether the playlist already holds segment `msn` whole, or its part `part` (blocking reload)."""
+        if msn < self.next_seq:
+            return True
+        return msn == self.next_seq and part is not None and self.open_chunks is not None \
+            and part < len(self.open_parts)
+
+    def preload_hint(self) -> str:
+        """The path of the part that comes next (EXT-X-PRELOAD-HINT), or "" when none is being filled."""
+        if not self.part_ms or self.open_chunks is None:
+            return ""
+        return self._part_name(self.open_name, len(self.open_parts))
 
     def _write(self, mux, timestamp: int, payload: bytes) -> None:
         try:
@@ -243,14 +328,36 @@ class Segmenter:
             if not final:
                 # Too short to keep: its frames go to the next segment's start instead.
                 self.open_chunks = chunks
+            elif self.open_parts:
+                for part in self.open_parts:
+                    if self.index is not None:
+                        self.index.remove(part[0], self)
+                self.open_parts = []
             return
+        parts = []
+        if self.part_ms:
+            if chunks:
+                self.open_chunks = chunks
+                self._cut_part(end_ts)
+                self.open_chunks = None
+            chunks = self.open_parts
+            self.open_parts = []
+            hint = self._part_name(self.open_name, len(chunks))
+            if self.index is not None:
+                self.index.remove(hint, self)    # hinted, never made: the segment ended first
         if self.fmp4 and not chunks:
             return
         seq = self.next_seq
         self.next_seq += 1
         template = self.settings["fmp4_file"] if self.fmp4 else self.settings["ts_file"]
         name = render(template, self.vhost, self.app, self.stream, seq, self.open_wall_ms, duration)
-        if self.fmp4:
+        if self.part_ms:
+            name, offset = self.open_name, 0
+            for part_name, part_duration, independent, part_data in chunks:
+                parts.append([part_name, part_duration, independent, offset, len(part_data)])
+                offset += len(part_data)
+            data = b"".join(p[3] for p in chunks)
+        elif self.fmp4:
             data = self.muxer.fragment(chunks, end_ts)
             # The init segment follows the codec configuration (a change also marks a discontinuity).
             self.init_data = self.muxer.init_segment()
@@ -262,13 +369,15 @@ class Segmenter:
         if self.settings.get("keys") and not self.fmp4:
             key_name, iv = self._key_for(seq)
             data = encrypt_segment(data, self.keys[key_name], bytes.fromhex(iv))
-        segment = Segment(seq, name, self._uri(name), duration, data, self.open_discontinuity, key_name, iv)
+        segment = Segment(seq, name, self._uri(name), duration, data, self.open_discontinuity, key_name, iv, parts,
+                          self.open_wall_ms)
         self.segments.append(segment)
         if self.index is not None:
             self.index.add(name, self)
             self.index.add(self.m3u8_name, self)
         self._shrink()
         self._refresh_playlist()
+        self._wake()
         if self.settings["path"]:
             self._write_files(segment)
 
@@ -314,6 +423,8 @@ class Segmenter:
             gone = self.expired.pop(0)
             if self.index is not None:
                 self.index.remove(gone.name, self)
+                for part in gone.parts:
+                    self.index.remove(part[0], self)
             if self.settings["path"] and self.settings["cleanup"]:
                 self._unlink(gone.name)
         if self.keys:
@@ -329,7 +440,19 @@ class Segmenter:
         floor = int(self.settings["fragment_ms"] * self.settings["td_ratio"])
         first = self.segments[0].seq if self.segments else self.next_seq
         map_uri = self._uri(self.init_name) if self.fmp4 else ""
-        self.playlist = m3u8.media_playlist(entries, first, target_floor_ms=floor, map_uri=map_uri).encode()
+        low_latency = None
+        if self.part_ms:
+            for entry, segment in zip(entries, self.segments):
+                entry.wall_ms = segment.wall_ms     # players measure their latency from it
+            for entry, segment in list(zip(entries, self.segments))[-PARTS_LISTED_SEGMENTS:]:
+                entry.parts = [(self._uri(p[0]), p[1], p[2]) for p in segment.parts]
+            hint = self.preload_hint()
+            low_latency = m3u8.LowLatency(self.part_ms, [(self._uri(p[0]), p[1], p[2]) for p in self.open_parts],
+                                          self._uri(hint) if hint else "")
+        if not entries and low_latency is None:
+            return
+        self.playlist = m3u8.media_playlist(entries, first, target_floor_ms=floor, map_uri=map_uri,
+                                            low_latency=low_latency).encode()
 
     # ----- serving ---------------------------------------------------------------------------------------
 
@@ -346,6 +469,18 @@ class Segmenter:
         for segment in self.expired:
             if segment.name == name:
                 return segment.data
+        if self.part_ms:
+            return self._part_data(name)
+        return None
+
+    def _part_data(self, name: str) -> bytes | None:
+        for part in self.open_parts:
+            if part[0] == name:
+                return part[3]
+        for segment in reversed(self.segments + self.expired):
+            for part_name, _, _, offset, length in segment.parts:
+                if part_name == name:
+                    return memoryview(segment.data)[offset:offset + length]
         return None
 
     def linger_s(self) -> float:
@@ -417,16 +552,23 @@ class Segmenter:
             index.add(self.m3u8_name, self)
         for segment in self.segments + self.expired:
             index.add(segment.name, self)
+            for part in segment.parts:
+                index.add(part[0], self)
+        for part in self.open_parts:
+            index.add(part[0], self)
         for key_name in self.keys:
             index.add(key_name, self)
         if self.init_data:
             index.add(self.init_name, self)
+        self._index_hint()
 
     def snapshot(self) -> dict:
         return {"version": SNAPSHOT_VERSION, "settings": dict(self.settings), "vhost": self.vhost, "app": self.app,
                 "stream": self.stream, "muxer": self.muxer.snapshot(),
                 "segments": [s.snapshot() for s in self.segments], "expired": [s.snapshot() for s in self.expired],
                 "next_seq": self.next_seq,
+                "open_name": self.open_name, "open_parts": [list(p) for p in self.open_parts],
+                "part_start_ts": self.part_start_ts,
                 "open": None if self.open_chunks is None else {
                     "data": [[c.track, c.dts, c.cts, c.data, c.sync] for c in self.open_chunks] if self.fmp4
                     else b"".join(self.open_chunks), "start_ts": self.open_start_ts,
@@ -444,6 +586,8 @@ class Segmenter:
         self = cls(snap["settings"], snap["vhost"], snap["app"], snap["stream"], None, cid)
         self.muxer = (Fmp4Muxer if self.fmp4 else TsMuxer).restore(snap["muxer"])
         self.init_data = snap.get("init_data", b"")
+        self.open_name, self.part_start_ts = snap.get("open_name", ""), snap.get("part_start_ts", 0)
+        self.open_parts = [list(p) for p in snap.get("open_parts", [])]
         self.segments = [Segment(*s) for s in snap["segments"]]
         self.expired = [Segment(*s) for s in snap["expired"]]
         self.next_seq = snap["next_seq"]
@@ -462,7 +606,7 @@ class Segmenter:
         self.unpublished_at, self.dropped_frames = snap["unpublished_at"], snap["dropped_frames"]
         self.keys = dict(snap.get("keys") or {})
         self.key_name, self.key_iv = snap.get("key_name", ""), snap.get("key_iv", "")
-        if self.segments:
+        if self.segments or self.open_parts:
             self._refresh_playlist()
         if index is not None:
             self.attach(index)

@@ -92,6 +92,7 @@ class HlsSessions:
     def __init__(self):
         self.sessions: dict[str, HlsSession] = {}
         self.total = 0
+        self.held: list[Held] = []      # blocking requests, for their deadlines
 
     def touch(self, ctx: str, worker, segmenter, ip: str, now: float) -> HlsSession:
         session = self.sessions.get(ctx)
@@ -104,6 +105,12 @@ class HlsSessions:
         return session
 
     def sweep(self, now: float) -> None:
+        if self.held:
+            expired = [h for h in self.held if not h.done and now >= h.deadline]
+            self.held = [h for h in self.held if not h.done and h not in expired]
+            for held in expired:
+                held.answer(False)
+                held.segmenter.waiters = [w for w in held.segmenter.waiters if not w[2].done]
         for ctx, session in list(self.sessions.items()):
             if session.expired(now):
                 del self.sessions[ctx]
@@ -119,8 +126,9 @@ class HlsSessions:
 
 # ----- requests --------------------------------------------------------------------------------------------------
 
-def serve(conn, method: str, path: str, query: str) -> bool:
-    """Answer `method path?query` if it is an HLS path of this worker; False to let the caller go on."""
+def serve(conn, method: str, path: str, query: str, block: bool = True) -> bool:
+    """Answer `method path?query` if it is an HLS path of this worker; False to let the caller go on.
+    `block` False answers a blocking request (LL-HLS) with what there is now (its hold expired)."""
     worker = conn.worker
     name = path.lstrip("/")
     segmenter = worker.hls_index.get(name)
@@ -155,6 +163,22 @@ def serve(conn, method: str, path: str, query: str) -> bool:
                     f"{path}?{CTX}={ctx}{extra}\n").encode()
             _respond(conn, method, 200, "OK", CONTENT_TYPE_M3U8, body, "no-cache")
             return True
+        if block and segmenter.part_ms and "_HLS_msn" in params:
+            try:
+                msn = int(params["_HLS_msn"][0])
+                part = int(params["_HLS_part"][0]) if "_HLS_part" in params else None
+            except ValueError:
+                _respond(conn, method, 400, "Bad Request", "text/plain", b"400 bad _HLS_msn or _HLS_part\n",
+                         "no-cache")
+                return True
+            if msn > segmenter.next_seq + 1:
+                # RFC 8216bis 6.2.5.2: further than the last segment plus two is refused at once.
+                _respond(conn, method, 400, "Bad Request", "text/plain", b"400 _HLS_msn too far ahead\n",
+                         "no-cache")
+                return True
+            if not segmenter.has(msn, part):
+                _hold(conn, method, path, query, segmenter, lambda: segmenter.has(msn, part))
+                return True
         body = segmenter.playlist
         if ctx and settings["ctx"]:
             session = worker.hls_sessions.touch(ctx, worker, segmenter, conn.ip, now)
@@ -162,6 +186,10 @@ def serve(conn, method: str, path: str, query: str) -> bool:
                 body = _with_ctx(body, ctx)
             session.send_bytes += len(body)
         _respond(conn, method, 200, "OK", CONTENT_TYPE_M3U8, body, CACHE_PLAYLIST)
+        return True
+    if block and segmenter.part_ms and name == segmenter.preload_hint():
+        # LL-HLS: the part the playlist hints at comes next; its request is held until it exists.
+        _hold(conn, method, path, query, segmenter, lambda: segmenter.segment_data(name) is not None)
         return True
     data, content_type = segmenter.segment_data(name), CONTENT_TYPE_TS
     if data is None:
@@ -205,6 +233,32 @@ def _redirect_to_self(conn, path: str, query: str) -> None:
     head = (f"HTTP/1.1 302 Found\r\nLocation: {location}\r\nServer: {SERVER_NAME}\r\nContent-Length: 0\r\n"
             "Cache-Control: no-cache\r\nConnection: close\r\n" + _CORS + "\r\n").encode()
     conn.send_response([head], keep_alive_s=None, reason="draining: sent back to the new worker")
+
+
+class Held:
+    """A blocking request (LL-HLS): answered by the segmenter the moment what it waits for exists, or by the
+    worker's sweep at its deadline with what there is then. No task, no timer: a list entry on each side."""
+
+    __slots__ = ("conn", "method", "path", "query", "segmenter", "deadline", "done")
+
+    def __init__(self, conn, method: str, path: str, query: str, segmenter, deadline: float):
+        self.conn, self.method, self.path, self.query = conn, method, path, query
+        self.segmenter, self.deadline, self.done = segmenter, deadline, False
+
+    def answer(self, block: bool) -> None:
+        if self.done:
+            return
+        self.done = True
+        if not self.conn.closed and not serve(self.conn, self.method, self.path, self.query, block=block):
+            _respond(self.conn, self.method, 404, "Not Found", "text/plain", b"404 Not Found\n", "no-cache")
+
+
+def _hold(conn, method: str, path: str, query: str, segmenter, ready) -> None:
+    # RFC 8216bis 6.2.5.2: a server that cannot answer within three target durations should answer anyway.
+    limit = 3 * segmenter.settings["fragment_ms"] * segmenter.settings["td_ratio"] / 1000
+    held = Held(conn, method, path, query, segmenter, time.monotonic() + limit)
+    segmenter.waiters.append([ready, lambda: held.answer(True), held])
+    conn.worker.hls_sessions.held.append(held)
 
 
 class _Waiting:

@@ -158,13 +158,14 @@ def test_a_source_with_hls_is_not_freed_while_its_playlist_lingers_and_carries_i
     assert Source.restore(snap, 12.0).hls is None
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.integers(0, 25 * 8 * 2 + 1), st.integers(1, 3), st.booleans(), st.booleans())
-def test_a_snapshot_anywhere_continues_byte_for_byte(split, gop_s, wait_keyframe, fmp4):
+@settings(max_examples=80, deadline=None)
+@given(st.integers(0, 25 * 8 * 2 + 1), st.integers(1, 3), st.booleans(), st.sampled_from(["ts", "fmp4", "ll"]))
+def test_a_snapshot_anywhere_continues_byte_for_byte(split, gop_s, wait_keyframe, kind):
     messages = list(stream(25 * 8, gop=25 * gop_s))
-    whole = make(hls_fragment=1, hls_window=4, hls_wait_keyframe=wait_keyframe, hls_use_fmp4=fmp4)
+    options = {"hls_use_fmp4": kind != "ts", "hls_part": 0.3 if kind == "ll" else 0.0}
+    whole = make(hls_fragment=1, hls_window=4, hls_wait_keyframe=wait_keyframe, **options)
     feed(whole, messages)
-    first = make(hls_fragment=1, hls_window=4, hls_wait_keyframe=wait_keyframe, hls_use_fmp4=fmp4)
+    first = make(hls_fragment=1, hls_window=4, hls_wait_keyframe=wait_keyframe, **options)
     feed(first, messages[:split])
     moved = Segmenter.restore(wire.loads(wire.dumps(first.snapshot())), HlsIndex())
     feed(moved, messages[split:])
@@ -244,3 +245,36 @@ def test_fmp4_segments_with_an_init_segment_in_ext_x_map():
     assert seg.init_segment_data("live/s-init.mp4")[4:8] == b"ftyp"
     assert seg.segment_data("live/s-0.m4s")[4:8] == b"moof"
     assert seg.index.get("live/s-init.mp4") is seg
+
+
+def test_ll_hls_parts_preload_hint_and_server_control():
+    seg = make(hls_fragment=2, hls_use_fmp4=True, hls_part=0.5)
+    feed(seg, stream(25 * 5 + 3, gop=50))
+    text = seg.playlist.decode()
+    assert "#EXT-X-VERSION:9" in text
+    assert "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.500" in text
+    assert "#EXT-X-PART-INF:PART-TARGET=0.500" in text
+    parts = [line for line in text.splitlines() if line.startswith("#EXT-X-PART:")]
+    durations = [float(line.split("DURATION=")[1].split(",")[0]) for line in parts]
+    assert parts and all(d <= 0.5 for d in durations), durations     # never over PART-TARGET
+    for segment in seg.segments:     # and at least 85 % of it, but for a segment's last part
+        assert all(425 <= p[1] for p in segment.parts[:-1]), segment.parts
+    assert parts[0].endswith("INDEPENDENT=YES") and 'URI="s-0.0.m4s"' in parts[0]
+    hint = seg.preload_hint()
+    assert text.rstrip().endswith(f'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="{hint.split("/")[-1]}"')
+    # a segment is its parts, back to back; each part is served on its own
+    first = seg.segments[0]
+    assert b"".join(bytes(seg.segment_data(p[0])) for p in first.parts) == first.data
+    assert seg.index.get(hint) is seg and seg.segment_data(hint) is None
+    assert seg.has(0, None) and seg.has(seg.next_seq, 0) and not seg.has(seg.next_seq, len(seg.open_parts))
+    assert not seg.has(seg.next_seq + 1, 0)
+
+
+def test_held_requests_are_woken_when_their_part_exists():
+    seg = make(hls_fragment=2, hls_use_fmp4=True, hls_part=0.5)
+    feed(seg, stream(25 * 3, gop=50))
+    woken = []
+    msn, part = seg.next_seq, len(seg.open_parts)
+    seg.waiters.append([lambda: seg.has(msn, part), lambda: woken.append(seg.has(msn, part)), None])
+    feed(seg, list(stream(25 * 4, gop=50))[2 + 2 * 75:])      # the frames after 3 s, one part more
+    assert woken == [True] and not seg.waiters
