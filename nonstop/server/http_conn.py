@@ -23,6 +23,7 @@ from nonstop.media.consumer import Consumer
 from nonstop.media.packet import FORMAT_FLV
 from nonstop.media.registry import new_id, source_key
 from nonstop.protocol import flv
+from nonstop.server.reset import reset
 
 # A request head larger than this is refused: an FLV GET is a few hundred bytes (h11 picks 16 KiB too).
 MAX_REQUEST_HEAD = 16 * 1024
@@ -213,8 +214,9 @@ class HttpConnection(asyncio.Protocol):
         pass
 
     def kick(self, reason: str) -> None:
+        """Disconnect now: reset, not drained (a kicked player may never read; see server/reset.py)."""
         log.warn(self.cid, f"kick: {reason}")
-        self.close(reason)
+        self.close(reason, abort=True)
 
     # ----- plumbing ----------------------------------------------------------------------------------------
 
@@ -241,7 +243,8 @@ class HttpConnection(asyncio.Protocol):
         if not self.closed and self.deadline is not None and now >= self.deadline:
             self.close("no complete request in time")
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: str, abort: bool = False) -> None:
+        """Close gracefully (what was written still goes out), or with `abort` reset the socket at once."""
         if self.closed:
             return
         self.closed = True
@@ -250,7 +253,9 @@ class HttpConnection(asyncio.Protocol):
             self.control_bytes += self.consumer.bytes_sent
             self.worker.closed_dropped += self.consumer.dropped     # for /metrics' dropped messages
             self.consumer = None
-        if self.transport is not None:
+        if abort:
+            reset(self.transport)
+        elif self.transport is not None:
             self.transport.close()
         if self.role:
             log.trace(self.cid, f"close flv player ip={self.ip}, alive={time.monotonic() - self.created_at:.2f}s, "

@@ -17,6 +17,7 @@ from nonstop.media.packet import rtmp_format
 from nonstop.media.registry import new_id
 from nonstop.protocol import rtmp
 from nonstop.protocol.errors import ProtocolError
+from nonstop.server.reset import reset
 
 ROLE_NONE = ""
 ROLE_PUBLISH = "publish"
@@ -219,8 +220,10 @@ class RtmpConnection(asyncio.Protocol):
         self._flush_session()
 
     def kick(self, reason: str) -> None:
+        """Disconnect now (the API's DELETE, a player too slow): the socket is reset, not drained, since a kicked
+        client may be one that never reads; it is forgotten and counted out at once (server/reset.py)."""
         log.warn(self.cid, f"kick: {reason}")
-        self.close(reason)
+        self.close(reason, abort=True)
 
     def send_status(self, code: str, description: str) -> None:
         """An onStatus on this client's stream, e.g. a publisher's last NetStream.Unpublish.Success at quit."""
@@ -250,7 +253,8 @@ class RtmpConnection(asyncio.Protocol):
         self.deadline = time.monotonic() + CLOSE_AFTER_REFUSAL_S
         self.transport.pause_reading()
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: str, abort: bool = False) -> None:
+        """Close gracefully (what was written still goes out), or with `abort` reset the socket at once."""
         if self.closed:
             return
         self.closed = True
@@ -259,7 +263,9 @@ class RtmpConnection(asyncio.Protocol):
         elif self.consumer is not None:
             self._stop_playing()
         self.session.close()
-        if self.transport is not None:
+        if abort:
+            reset(self.transport)
+        elif self.transport is not None:
             self.transport.close()
         alive = time.monotonic() - self.created_at
         log.trace(self.cid, f"close ip={self.ip}, alive={alive:.2f}s, reason={reason}")

