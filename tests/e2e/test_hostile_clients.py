@@ -121,3 +121,66 @@ def test_a_player_that_never_reads_kicked_as_too_slow_is_reset_at_once():
         finally:
             publisher.stop()
     assert publisher.error is None, publisher.error
+
+
+# ----- item 11: names that would forge log lines -----------------------------------------------------------
+
+FORGED = "[2026-01-01 00:00:00.000][Trace][1][forged] publish __defaultVhost__/live/fake"
+
+
+def assert_no_forged_line(log: str) -> None:
+    for line in log.splitlines():
+        assert not line.startswith("[2026-01-01"), f"a client forged a log line: {line!r}"
+        assert "\x00" not in line and "\r" not in line and "\x1b" not in line
+
+
+def test_control_characters_in_app_and_stream_names_are_refused_with_srs_codes_and_logged_escaped():
+    with Server() as server:
+        bad_app = RawRtmp(server.rtmp_port)
+        rejected = bad_app.connect(app="live\r\n" + FORGED)
+        assert rejected.__class__.__name__ == "ConnectRejected", rejected
+        assert rejected.info["code"] == "NetConnection.Connect.Rejected"
+        assert "control character 0x0d" in rejected.info["description"]
+
+        publisher = RawRtmp(server.rtmp_port)
+        assert publisher.connect().__class__.__name__ == "Connected"
+        status = publisher.publish("s\x00\n" + FORGED)
+        assert (status.level, status.code) == ("error", "NetStream.Publish.BadName"), status
+        assert "control character 0x00" in status.description
+
+        player = RawRtmp(server.rtmp_port)
+        assert player.connect().__class__.__name__ == "Connected"
+        status = player.play("p\x1b[2J\n" + FORGED)
+        assert (status.level, status.code) == ("error", "NetStream.Play.StreamNotFound"), status
+
+        for client in (bad_app, publisher, player):      # refused, then closed after SRS's wait
+            assert read_until_closed(client.sock, 10) in ("eof", "reset")
+
+        # A good name with spaces and non-Latin letters is no control character: it publishes.
+        good = RawRtmp(server.rtmp_port)
+        assert good.connect().__class__.__name__ == "Connected"
+        assert good.publish("a b-频道").code == "NetStream.Publish.Start"
+        good.close()
+        wait_for(lambda: server.log().count(" refused: ") >= 3, 5, what="the three refusals logged")
+    log = server.log()
+    assert_no_forged_line(log)
+    refusals = [line for line in log.splitlines() if " refused: " in line]
+    print("\n".join(refusals))
+    assert any("connect refused: app name" in line and "live\\r\\n[2026-01-01" in line for line in refusals)
+    assert any("publish refused: stream name" in line and "s\\x00\\n[2026-01-01" in line for line in refusals)
+    assert any("play refused: stream name" in line and "p\\x1b[2J\\n[2026" in line for line in refusals)
+    assert "publish __defaultVhost__/live/a b-频道" in log
+
+
+def test_a_60kb_app_and_tcurl_make_one_short_log_line():
+    with Server() as server:
+        client = RawRtmp(server.rtmp_port)
+        app = "a" * 60_000
+        connected = client.connect(app=app, tc_url=f"rtmp://127.0.0.1:{server.rtmp_port}/{app}?{'q' * 60_000}")
+        assert connected.__class__.__name__ == "Connected"
+        wait_for(lambda: "connect ip=" in server.log(), 5, what="the connect line")
+        client.close()
+    line = next(line for line in server.log().splitlines() if "connect ip=" in line)
+    print(f"the connect line of a 60 KB app and a 120 KB tcUrl: {len(line)} chars")
+    assert len(line) < 2000
+    assert "more chars)" in line
