@@ -157,3 +157,23 @@ class FastPublisher:
             ts += 10
             await asyncio.sleep(0.01)
         client.writer.close()
+
+
+def http_exchange(port: int, request: bytes, until: bytes | None = None, timeout: float = 5) -> bytes:
+    """Send a raw request; read until the server closes, or until `until` appears after the head."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        data = b""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(65536)
+            except (socket.timeout, ConnectionResetError):
+                break
+            if not chunk:
+                break
+            data += chunk
+            head, sep, body = data.partition(b"\r\n\r\n")
+            if until is not None and sep and until in body:
+                break
+        return data

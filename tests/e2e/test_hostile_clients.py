@@ -13,7 +13,7 @@ from datetime import datetime
 import pytest
 
 from tests.e2e.hostile_helpers import (
-    TINY_RCVBUF, FastPublisher, RawRtmp, raw_flv_player, read_until_closed, server_socket_state,
+    TINY_RCVBUF, FastPublisher, RawRtmp, http_exchange, raw_flv_player, read_until_closed, server_socket_state,
 )
 from tests.helpers import Server, wait_for
 
@@ -184,3 +184,72 @@ def test_a_60kb_app_and_tcurl_make_one_short_log_line():
     print(f"the connect line of a 60 KB app and a 120 KB tcUrl: {len(line)} chars")
     assert len(line) < 2000
     assert "more chars)" in line
+
+
+# ----- item 12: HTTP-FLV at the edges of HTTP --------------------------------------------------------------
+
+def get(path: str, port: int, extra: str = "", method: str = "GET") -> bytes:
+    return f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{extra}\r\n".encode()
+
+
+def status_of(response: bytes) -> int:
+    return int(response.split(b" ", 2)[1])
+
+
+def test_http_flv_paths_are_percent_decoded_once_and_bad_ones_get_400():
+    with Server() as server:
+        publishers = [FastPublisher(server.rtmp_port, name, frame_bytes=500).start() for name in ("a b", "c%20d")]
+        try:
+            port = server.http_port
+            response = http_exchange(port, get("/live/a%20b.flv", port), until=b"FLV")
+            assert status_of(response) == 200 and b"\r\n\r\nFLV" in response, response[:300]
+            # Decoded once: %2520 is the three characters %20, the name the second publisher used.
+            response = http_exchange(port, get("/live/c%2520d.flv", port), until=b"FLV")
+            assert status_of(response) == 200 and b"\r\n\r\nFLV" in response, response[:300]
+            for path, why in (("/live/a%0d%0a[2026-01-01%2000:00:00.000]x.flv", b"control character 0x0d"),
+                              ("/live/a%00b.flv", b"control character 0x00"),
+                              ("/live%2Fa%20b.flv", b"encoded slash"),
+                              ("/live/a%2Fb.flv", b"encoded slash"),
+                              ("/live/%ff%fe.flv", b"not UTF-8 once")):
+                response = http_exchange(port, get(path, port))
+                print(path, "->", response.split(b"\r\n", 1)[0].decode(), response.rsplit(b"\r\n", 1)[-1])
+                assert status_of(response) == 400 and why in response, response
+        finally:
+            for publisher in publishers:
+                publisher.stop()
+    assert_no_forged_line(server.log())
+    assert "path /live/a%0d%0a[2026-01-01%2000:00" in server.log()
+
+
+def test_websocket_upgrade_on_an_flv_url_gets_501_up_front_and_post_gets_405():
+    with Server() as server:
+        publisher = FastPublisher(server.rtmp_port, "s", frame_bytes=500).start()
+        try:
+            port = server.http_port
+            upgrade = ("Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                       "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n")
+            for path in ("/live/s.flv", "/live/unpublished.flv"):
+                response = http_exchange(port, get(path, port, upgrade))
+                print(path, "with Upgrade: websocket ->", response.split(b"\r\n", 1)[0].decode())
+                assert status_of(response) == 501, response[:300]
+                assert response.count(b"HTTP/1.1") == 1 and b"FLV\x01" not in response
+                assert b"WebSocket-FLV" in response
+            for method in ("POST", "PUT", "DELETE"):
+                response = http_exchange(port, get("/live/s.flv", port, "Content-Length: 0\r\n", method=method))
+                head = response.split(b"\r\n\r\n", 1)[0].decode()
+                assert status_of(response) == 405, head
+                assert "\r\nAllow: GET, HEAD\r\n" in head, head
+            # HEAD and GET still work.
+            assert status_of(http_exchange(port, get("/live/s.flv", port, method="HEAD"))) == 200
+        finally:
+            publisher.stop()
+
+
+def test_an_upgrade_request_for_the_api_on_the_shared_port_gets_one_answer():
+    server = Server()
+    server.api_port = server.http_port
+    with server:
+        port = server.http_port
+        response = http_exchange(port, get("/api/v1/versions", port, "Upgrade: websocket\r\nConnection: Upgrade\r\n"))
+        assert response.count(b"HTTP/1.") == 1, response
+        assert b"400 Bad Request" not in response
