@@ -25,7 +25,7 @@ from nonstop.media.packet import FORMAT_FLV
 from nonstop.media.registry import new_id, source_key
 from nonstop.protocol import flv
 from nonstop.server.names import name_problem
-from nonstop.server.reset import reset
+from nonstop.reset import reset
 
 # A request head larger than this is refused: an FLV GET is a few hundred bytes (h11 picks 16 KiB too).
 MAX_REQUEST_HEAD = 16 * 1024
@@ -254,7 +254,7 @@ class HttpConnection(asyncio.Protocol):
         pass
 
     def kick(self, reason: str) -> None:
-        """Disconnect now: reset, not drained (a kicked player may never read; see server/reset.py)."""
+        """Disconnect now: reset, not drained (a kicked player may never read; see nonstop/reset.py)."""
         log.warn(self.cid, f"kick: {reason}")
         self.close(reason, abort=True)
 

@@ -18,7 +18,7 @@ from nonstop.media.registry import new_id
 from nonstop.protocol import rtmp
 from nonstop.protocol.errors import ProtocolError
 from nonstop.server.names import name_problem
-from nonstop.server.reset import reset
+from nonstop.reset import reset
 
 ROLE_NONE = ""
 ROLE_PUBLISH = "publish"
@@ -249,7 +249,7 @@ class RtmpConnection(asyncio.Protocol):
 
     def kick(self, reason: str) -> None:
         """Disconnect now (the API's DELETE, a player too slow): the socket is reset, not drained, since a kicked
-        client may be one that never reads; it is forgotten and counted out at once (server/reset.py)."""
+        client may be one that never reads; it is forgotten and counted out at once (nonstop/reset.py)."""
         log.warn(self.cid, f"kick: {reason}")
         self.close(reason, abort=True)
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import subprocess
 import time
 import urllib.request
 from datetime import datetime
@@ -253,3 +255,96 @@ def test_an_upgrade_request_for_the_api_on_the_shared_port_gets_one_answer():
         response = http_exchange(port, get("/api/v1/versions", port, "Upgrade: websocket\r\nConnection: Upgrade\r\n"))
         assert response.count(b"HTTP/1.") == 1, response
         assert b"400 Bad Request" not in response
+
+
+# ----- item 10: the HTTP API is bounded ----------------------------------------------------------------------
+
+def healthz(port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=3) as r:
+            return r.status
+    except OSError:
+        return 0
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    """Whether the server closed (FIN or RST) this socket, without blocking."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(4096) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_slowloris_connections_on_the_api_are_cut_after_handshake_timeout_and_the_api_keeps_answering():
+    count, timeout_ms = 60, 1000
+    # The bound: handshake_timeout, plus the API's one-second sweep, times 3.
+    bound_s = 3 * (timeout_ms / 1000 + 1.0)
+    with Server(extra_global=f"handshake_timeout {timeout_ms};",
+                env={"NONSTOP_HTTP_API_MAX_CONNECTIONS": str(count + 10)}) as server:
+        wait_for(lambda: healthz(server.api_port) == 200, 10, what="the worker to serve the API")
+        socks = []
+        started = time.monotonic()
+        for _ in range(count):
+            sock = socket.create_connection(("127.0.0.1", server.api_port), timeout=5)
+            sock.sendall(b"GET /api/v1/versions HTTP/1.1\r\nHost: x\r\n")
+            socks.append(sock)
+        closed_after: dict[int, float] = {}
+        deadline = started + bound_s + 5
+        drip = 0
+        while len(closed_after) < count and time.monotonic() < deadline:
+            drip += 1
+            for i, sock in enumerate(socks):
+                if i in closed_after:
+                    continue
+                if closed_by_server(sock):
+                    closed_after[i] = time.monotonic() - started
+                    continue
+                try:
+                    sock.send(b"X-%d: %d\r\n" % (drip, drip))     # one more header line, never the blank one
+                except OSError:
+                    closed_after[i] = time.monotonic() - started
+            if drip == 2:
+                assert healthz(server.api_port) == 200, "the API must answer beside the slowloris connections"
+            time.sleep(0.1)
+        for sock in socks:
+            sock.close()
+        worst = max(closed_after.values(), default=float("inf"))
+        print(f"{len(closed_after)}/{count} slowloris API connections cut, the first after "
+              f"{min(closed_after.values(), default=0):.2f} s, the last after {worst:.2f} s "
+              f"(handshake_timeout {timeout_ms} ms, bound {bound_s:.1f} s)")
+        assert len(closed_after) == count and worst < bound_s
+        assert healthz(server.api_port) == 200
+    assert server.log().count("no whole request within handshake_timeout") == count
+
+
+def test_api_connections_beyond_http_api_max_connections_are_refused_apart_from_the_media_pool():
+    with Server(max_connections=3, env={"NONSTOP_HTTP_API_MAX_CONNECTIONS": "5"}) as server:
+        wait_for(lambda: healthz(server.api_port) == 200, 10, what="the worker to serve the API")
+        idle = [socket.create_connection(("127.0.0.1", server.api_port), timeout=5) for _ in range(5)]
+        wait_for(lambda: server_api_conns(server) == 5, 5, what="5 API connections established")
+        extra = socket.create_connection(("127.0.0.1", server.api_port), timeout=5)
+        wait_for(lambda: closed_by_server(extra), 3, what="the 6th API connection to be closed at accept")
+        assert healthz(server.api_port) == 0, "the API is full: a 7th connection is refused too"
+        assert "http_api.max_connections 5 reached" in server.log()
+        # The media pool is apart: RTMP still connects while the API is full...
+        rtmp = RawRtmp(server.rtmp_port)
+        assert rtmp.connect().__class__.__name__ == "Connected"
+        # ...and once one API connection leaves, the API answers again.
+        idle.pop().close()
+        wait_for(lambda: healthz(server.api_port) == 200, 5, what="the API to answer with a free place")
+        # With the media pool full (max_connections 3), a 4th media connection is refused, and the API still
+        # answers its probes.
+        media = [socket.create_connection(("127.0.0.1", server.rtmp_port), timeout=5) for _ in range(3)]
+        wait_for(lambda: closed_by_server(media[-1]), 3, what="the 4th media connection to be closed at accept")
+        assert healthz(server.api_port) == 200
+        for sock in [*idle, *media, extra, rtmp.sock]:
+            sock.close()
+
+
+def server_api_conns(server: Server) -> int:
+    out = subprocess.run(["ss", "-Htn", "state", "established", f"( sport = :{server.api_port} )"],
+                         capture_output=True, text=True, timeout=5, check=True).stdout
+    return len(out.splitlines())

@@ -1,4 +1,5 @@
-"""Resetting a connection: the way a kick ends one, at once, whatever the client does.
+"""Resetting a TCP connection: how a kick or an expired deadline ends one at once, whatever the client does
+(used by the media connections and the HTTP API alike, so it sits below both).
 
 `transport.close()` waits until the unsent bytes are written, and a client that never reads never lets them
 go: the socket stays ESTABLISHED (and counted, and holding its buffer) until TCP gives up, tens of seconds
