@@ -214,13 +214,13 @@ class ApiServer:
                 log.error("api", f"api tick failed: {e!r}")
 
     def tick(self, now: float) -> None:
+        self.conns.sweep(now)      # first: a failing stats sample must not spare a slowloris connection
         self.processes.master_pid = master_pid_of(self.worker)
         if now >= self._next_stats:
             self._next_stats = now + SAMPLE_STEP_S - TICK_S / 2
             self.stats.tick(now)
         self.processes.sample(now)
         self.system_cpu.sample(procstat.read_system_cpu())
-        self.conns.sweep(now)
 
     # ----- the application ---------------------------------------------------------------------------------
 
