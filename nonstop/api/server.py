@@ -35,17 +35,16 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 
 from nonstop import __version__
 from nonstop.api import procstat, views
+from nonstop.api.conns import KEEPALIVE_TIMEOUT_S, ApiConnections, aiohttp_logger
 from nonstop.api.metrics import is_ready, make_registry, worker_totals
 from nonstop.api.stats import SAMPLE_STEP_S, ApiStats, client_type
 from nonstop.cluster.answer import add_clusters_routes
-from nonstop.log import log
+from nonstop.log import log, quote
 from nonstop.master.sockets import HTTP as LISTENER_HTTP
 from nonstop.master.sockets import LISTEN_BACKLOG, api_shares_http
 
 # The stats tick: CPU meters every tick, the clients' kbps samples and stream totals every SAMPLE_STEP_S.
 TICK_S = 1.0
-# aiohttp keeps an idle keep-alive connection 3630 s by default (longer than any proxy); nginx keeps 75 s.
-KEEPALIVE_TIMEOUT_S = 75.0
 # A fast quit exits within 1 s: requests in flight get half of it (API answers take milliseconds).
 SHUTDOWN_TIMEOUT_S = 0.5
 # No API request has a body worth more than this (DELETE has none).
@@ -124,7 +123,10 @@ class ApiServer:
         self.registry = make_registry(worker, self.processes)
         self.app = self._make_app()
         self.runner: web.AppRunner | None = None
-        self._sites: dict[int, web.SockSite] = {}
+        # Every API connection goes through self.conns (api/conns.py: counted, bounded in number and time);
+        # so the listeners are served with its protocol factory rather than aiohttp's SockSite.
+        self.conns = ApiConnections(worker)
+        self._sites: dict[int, asyncio.AbstractServer] = {}
         self._own_ports: set[int] = set()      # the ports of our own listeners; others' are adopted connections
         self._tick_task: asyncio.Task | None = None
         self._next_stats = 0.0
@@ -134,7 +136,7 @@ class ApiServer:
     async def start(self, sockets) -> None:
         """Serve on these already-bound listening sockets (none when the API shares the HTTP server port)."""
         if self.runner is None:
-            self.runner = web.AppRunner(self.app, handle_signals=False, access_log=None,
+            self.runner = web.AppRunner(self.app, handle_signals=False, access_log=None, logger=aiohttp_logger(),
                                         keepalive_timeout=KEEPALIVE_TIMEOUT_S, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
             await self.runner.setup()
         await self.set_sockets(sockets)
@@ -148,13 +150,12 @@ class ApiServer:
         wanted = {sock.fileno(): sock for sock in sockets}
         for fd, site in list(self._sites.items()):
             if fd not in wanted:
-                await site.stop()
+                site.close()
                 del self._sites[fd]
+        loop = asyncio.get_running_loop()
         for fd, sock in wanted.items():
             if fd not in self._sites:
-                site = web.SockSite(self.runner, sock, backlog=LISTEN_BACKLOG)
-                await site.start()
-                self._sites[fd] = site
+                self._sites[fd] = await loop.create_server(self._new_connection, sock=sock, backlog=LISTEN_BACKLOG)
         self._own_ports = {sock.getsockname()[1] for sock in wanted.values()}
 
     def apply_config(self) -> None:
@@ -171,15 +172,18 @@ class ApiServer:
         The already-read bytes go to a fresh aiohttp request handler and the transport switches to it. Its
         responses close the connection: a following request on it could be for HTTP-FLV, which only the HTTP
         server's own connections serve."""
-        server = self.runner.server if self.runner is not None else None
-        if server is None or transport.is_closing():
+        if self.runner is None or self.runner.server is None or transport.is_closing():
             transport.close()
             return
-        handler = server()
-        transport.set_protocol(handler)
-        handler.connection_made(transport)
-        if data:
-            handler.data_received(data)
+        conn = self._new_connection()
+        transport.set_protocol(conn)
+        conn.connection_made(transport)
+        if data and conn.admitted:
+            conn.data_received(data)
+
+    def _new_connection(self):
+        """A protocol for one API connection: aiohttp's request handler, inside the connection's bounds."""
+        return self.conns.wrap(self.runner.server())
 
     async def stop(self) -> None:
         if self._tick_task is not None:
@@ -189,6 +193,8 @@ class ApiServer:
             self.worker.set_api_app(LISTENER_HTTP, None)
         if self.runner is not None:
             runner, self.runner = self.runner, None
+            for site in self._sites.values():
+                site.close()
             self._sites.clear()
             await runner.cleanup()
 
@@ -203,6 +209,7 @@ class ApiServer:
                 log.error("api", f"api tick failed: {e!r}")
 
     def tick(self, now: float) -> None:
+        self.conns.sweep(now)      # first: a failing stats sample must not spare a slowloris connection
         self.processes.master_pid = master_pid_of(self.worker)
         if now >= self._next_stats:
             self._next_stats = now + SAMPLE_STEP_S - TICK_S / 2
@@ -213,7 +220,7 @@ class ApiServer:
     # ----- the application ---------------------------------------------------------------------------------
 
     def _make_app(self) -> web.Application:
-        app = web.Application(middlewares=[self._cors_middleware, self._auth_middleware],
+        app = web.Application(middlewares=[self._conn_middleware, self._cors_middleware, self._auth_middleware],
                               client_max_size=MAX_BODY_BYTES)
         add = app.router
         for path in ("/api", "/api/"):
@@ -238,6 +245,15 @@ class ApiServer:
         return app
 
     @web.middleware
+    async def _conn_middleware(self, request: web.Request, handler) -> web.StreamResponse:
+        """Tell the connection's bounds (api/conns.py) when a request starts and when its answer is ready."""
+        self.conns.request_started(request.transport, time.monotonic())
+        try:
+            return await handler(request)
+        finally:
+            self.conns.request_done(request.transport, time.monotonic())
+
+    @web.middleware
     async def _cors_middleware(self, request: web.Request, handler) -> web.StreamResponse:
         crossdomain = self.worker.config.http_api.crossdomain
         if request.method == "OPTIONS":
@@ -248,7 +264,7 @@ class ApiServer:
             except web.HTTPException as e:
                 response = web.Response(status=e.status, reason=e.reason, text=e.text, headers=e.headers)
             except Exception as e:
-                log.error("api", f"{request.method} {request.path} failed: {e!r}")
+                log.error("api", f"{quote(request.method)} {quote(request.path)} failed: {e!r}")
                 response = web.Response(status=500, text="500 Internal Server Error\n")
         if crossdomain and request.headers.get("Origin"):
             response.headers.update(CORS_HEADERS)
@@ -267,7 +283,7 @@ class ApiServer:
         auth = self.worker.config.http_api.auth
         if auth.enabled and is_api_path(request.path) and \
                 not basic_auth_ok(request.headers.get("Authorization", ""), auth.username, auth.password):
-            log.warn("api", f"{request.remote} {request.method} {request.path}: unauthorized")
+            log.warn("api", f"{request.remote} {quote(request.method)} {quote(request.path)}: unauthorized")
             return web.Response(status=401, text="401 Unauthorized\n", headers={"WWW-Authenticate": AUTH_REALM})
         return await handler(request)
 

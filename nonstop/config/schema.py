@@ -34,6 +34,10 @@ class HttpApi:
     listen: Endpoint = Endpoint("0.0.0.0", 1985)
     crossdomain: bool = True
     auth: ApiAuth = field(default_factory=ApiAuth)
+    # New: API connections are a pool of their own, apart from the media's max_connections (README: a full
+    # server still answers its probes, and API clients never take a viewer's place). Probes, a scraper and a
+    # few consoles need a handful; 64 fits in the fds the start-up check keeps beyond max_connections.
+    max_connections: int = 64
 
 
 @dataclass
@@ -154,6 +158,7 @@ HTTP_API = Block("http_api", HttpApi, {
     "enabled": Leaf("enabled", on_off),
     "listen": Leaf("listen", endpoint),
     "crossdomain": Leaf("crossdomain", on_off),
+    "max_connections": Leaf("max_connections", integer(1)),
     "auth": Block("auth", ApiAuth, {
         "enabled": Leaf("enabled", on_off),
         "username": Leaf("username", text_value),

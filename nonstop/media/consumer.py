@@ -22,7 +22,8 @@ CUTBACK_WINDOW_S = 60.0
 
 
 class Consumer:
-    """A player of one source. `sink` is its connection: it has `transport`, `kick(reason)`,
+    """A player of one source. `sink` is its connection: it has `transport`, `kick(reason)` (which must end the
+    connection at once, a reset rather than a drain: the player it is called for is one that does not read),
     `on_source_unpublish()` and `on_source_publish()`."""
 
     __slots__ = ("source", "fmt", "sink", "position", "paused", "bytes_sent", "dropped", "cutbacks",

@@ -14,15 +14,18 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+import urllib.parse
 
 import httptools
 
 from nonstop import SERVER_NAME
-from nonstop.log import log
+from nonstop.log import log, quote
 from nonstop.media.consumer import Consumer
 from nonstop.media.packet import FORMAT_FLV
 from nonstop.media.registry import new_id, source_key
 from nonstop.protocol import flv
+from nonstop.server.names import name_problem
+from nonstop.reset import reset
 
 # A request head larger than this is refused: an FLV GET is a few hundred bytes (h11 picks 16 KiB too).
 MAX_REQUEST_HEAD = 16 * 1024
@@ -31,6 +34,24 @@ _CORS = ("Access-Control-Allow-Origin: *\r\n"
          "Access-Control-Allow-Methods: GET, HEAD, OPTIONS\r\n"
          "Access-Control-Allow-Headers: *\r\n"
          "Access-Control-Expose-Headers: Server\r\n")
+# What an FLV URL answers; anything else gets 405 with this Allow (OPTIONS is the CORS preflight, answered apart).
+FLV_METHODS = ("GET", "HEAD")
+_ENCODED_SLASH = re.compile(rb"%2f", re.IGNORECASE)
+
+
+def decode_path(raw: bytes) -> tuple[str, str | None]:
+    """The request path percent-decoded once (RFC 3986 §2.1: `a%20b` is `a b`, `a%2520b` is `a%20b`), and the
+    reason it cannot name a stream, or None. Refused: a path that is not UTF-8 after decoding, one with control
+    characters (server/names.py), and an encoded slash, which would turn one path segment into two (Apache
+    refuses it too, AllowEncodedSlashes Off): the mount's [stream] is the last segment, so a stream name never
+    holds a slash."""
+    problem = "an encoded slash (%2F)" if _ENCODED_SLASH.search(raw) else None
+    data = urllib.parse.unquote_to_bytes(raw)
+    try:
+        path = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("utf-8", "replace"), "bytes that are not UTF-8 once percent-decoded"
+    return path, problem or name_problem(path)
 
 
 def mount_pattern(mount: str, vhost_name: str) -> re.Pattern:
@@ -76,6 +97,7 @@ class HttpConnection(asyncio.Protocol):
         self.restored: dict | None = None
         self.wanted = None          # (method, vhost, app, stream) of a play waiting for a handover
         self.waited = False
+        self.complete = False       # the request was read whole (and answered, handed on, or playing)
 
     # ----- asyncio callbacks -------------------------------------------------------------------------------
 
@@ -98,7 +120,10 @@ class HttpConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._respond(400, "Bad Request")
+            # Raised after the request was read whole (on_message_complete answered it: 501 for WebSocket);
+            # nonstop speaks no other protocol on this connection, so what follows the request is ignored.
+            if not self.complete:
+                self._respond(400, "Bad Request")
         except httptools.HttpParserError as e:
             log.warn(self.cid, f"bad HTTP request from {self.ip}: {e}")
             self._respond(400, "Bad Request")
@@ -137,23 +162,38 @@ class HttpConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self.closed:
             return  # a pipelined request after one that was answered or handed to the API (it has the bytes)
+        self.complete = True
         method = self.parser.get_method().decode("latin-1")
         try:
             parsed = httptools.parse_url(self.url)
         except httptools.HttpParserInvalidURLError:
             self._respond(400, "Bad Request")
             return
-        path = (parsed.path or b"/").decode("utf-8", "replace")
+        raw_path = parsed.path or b"/"
+        path, problem = decode_path(raw_path)
         self.query = (parsed.query or b"").decode("utf-8", "replace")
         if method == "OPTIONS":
             self._respond(200, "OK", body=b"")
             return
-        match = self.worker.match_flv(path) if method in ("GET", "HEAD") else None
+        match = self.worker.match_flv(path)
         if match is None:
             if self.worker.api_app_for(self.listener) is not None:
                 self._hand_to_api()
                 return
             self._respond(404, "Not Found")
+            return
+        if problem is not None:
+            log.warn(self.cid, f"flv request refused: path {quote(raw_path.decode('latin-1'))} has {problem}, "
+                               f"ip={self.ip}")
+            self._respond(400, "Bad Request", body=f"400 Bad Request: the path has {problem}\n".encode())
+            return
+        if method not in FLV_METHODS:
+            self._respond(405, "Method Not Allowed", headers=f"Allow: {', '.join(FLV_METHODS)}\r\n")
+            return
+        if self.headers.get("upgrade", "").strip().lower() == "websocket":
+            log.trace(self.cid, f"flv request refused: WebSocket-FLV is not served, path {quote(path)}, ip={self.ip}")
+            self._respond(501, "Not Implemented",
+                          body=b"501 Not Implemented: nonstop serves HTTP-FLV over plain HTTP, not WebSocket-FLV\n")
             return
         vhost, app, stream = match
         self._play(method, vhost, app, stream)
@@ -170,7 +210,7 @@ class HttpConnection(asyncio.Protocol):
             if self.worker.wait_for_takeover(self):
                 return
         if source is None or source.publisher is None:
-            log.trace(self.cid, f"flv play {vhost.name}/{app}/{stream}: not published, 404")
+            log.trace(self.cid, f"flv play {quote(source_key(vhost.name, app, stream))}: not published, 404")
             self._respond(404, "Not Found")
             return
         head = ("HTTP/1.1 200 OK\r\n"
@@ -192,7 +232,8 @@ class HttpConnection(asyncio.Protocol):
         self._write(head + flv.file_header(has_audio, has_video))
         self.consumer = Consumer(source, FORMAT_FLV, self)
         self.consumer.start(now)
-        log.trace(self.cid, f"flv play {source.key} ip={self.ip}" + (f", query={self.query}" if self.query else ""))
+        log.trace(self.cid, f"flv play {quote(source.key)} ip={self.ip}"
+                            + (f", query={quote(self.query)}" if self.query else ""))
 
     @property
     def wanted_key(self):
@@ -230,8 +271,9 @@ class HttpConnection(asyncio.Protocol):
         self.close("answered 302")
 
     def kick(self, reason: str) -> None:
+        """Disconnect now: reset, not drained (a kicked player may never read; see nonstop/reset.py)."""
         log.warn(self.cid, f"kick: {reason}")
-        self.close(reason)
+        self.close(reason, abort=True)
 
     # ----- plumbing ----------------------------------------------------------------------------------------
 
@@ -241,11 +283,12 @@ class HttpConnection(asyncio.Protocol):
         self.closed = True
         self.worker.api_app_for(self.listener).adopt(self.transport, b"".join(self.buffered))
 
-    def _respond(self, status: int, reason: str, body: bytes | None = None) -> None:
+    def _respond(self, status: int, reason: str, body: bytes | None = None, headers: str = "") -> None:
+        """A whole answer, then close. `headers`: more header lines, each ending in CRLF."""
         if body is None:
             body = f"{status} {reason}\n".encode()
         head = (f"HTTP/1.1 {status} {reason}\r\nServer: {SERVER_NAME}\r\nContent-Type: text/plain\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n" + _CORS + "\r\n").encode()
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n" + headers + _CORS + "\r\n").encode()
         self._write(head + body)
         self.close(f"answered {status}")
 
@@ -258,7 +301,8 @@ class HttpConnection(asyncio.Protocol):
         if not self.closed and self.deadline is not None and now >= self.deadline:
             self.close("no complete request in time")
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: str, abort: bool = False) -> None:
+        """Close gracefully (what was written still goes out), or with `abort` reset the socket at once."""
         if self.closed:
             return
         self.closed = True
@@ -267,7 +311,9 @@ class HttpConnection(asyncio.Protocol):
             self.control_bytes += self.consumer.bytes_sent
             self.worker.closed_dropped += self.consumer.dropped     # for /metrics' dropped messages
             self.consumer = None
-        if self.transport is not None:
+        if abort:
+            reset(self.transport)
+        elif self.transport is not None:
             self.transport.close()
         if self.role:
             log.trace(self.cid, f"close flv player ip={self.ip}, alive={time.monotonic() - self.created_at:.2f}s, "

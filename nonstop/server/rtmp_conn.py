@@ -11,12 +11,14 @@ import asyncio
 import time
 
 from nonstop.cluster.urls import host_of_url
-from nonstop.log import log
+from nonstop.log import log, quote
 from nonstop.media.consumer import Consumer
 from nonstop.media.packet import rtmp_format
 from nonstop.media.registry import new_id
 from nonstop.protocol import rtmp
 from nonstop.protocol.errors import ProtocolError
+from nonstop.server.names import name_problem
+from nonstop.reset import reset
 
 ROLE_NONE = ""
 ROLE_PUBLISH = "publish"
@@ -130,11 +132,13 @@ class RtmpConnection(asyncio.Protocol):
                     self.consumer.flush(time.monotonic())
 
     def _on_connect(self, event: rtmp.ConnectRequest) -> None:
+        if self._refuse_bad_name(event, event.app, "app"):
+            return
         host = host_of_url(event.tc_url)
         query = rtmp.parse_query(event.query)
         vhost = self.worker.config.vhost_for(query.get("vhost") or host)
         if vhost is None or not vhost.enabled:
-            log.warn(self.cid, f"connect refused: no vhost for host={host!r}, tcUrl={event.tc_url}")
+            log.warn(self.cid, f"connect refused: no vhost for host={quote(host)!r}, tcUrl={quote(event.tc_url)}")
             self.session.reject_connect(event, f"no such vhost: {host}")
             self.close_later("no such vhost")
             return
@@ -145,18 +149,21 @@ class RtmpConnection(asyncio.Protocol):
         self.session.out_chunk_size = vhost.chunk_size or self.worker.config.chunk_size
         self.session.accept_connect(event)
         self.deadline = None
-        log.trace(self.cid, f"connect ip={self.ip}, vhost={vhost.name}, app={event.app}, tcUrl={event.tc_url}"
-                            + (f", query={event.query}" if event.query else ""))
+        log.trace(self.cid, f"connect ip={self.ip}, vhost={vhost.name}, app={quote(event.app)}, "
+                            f"tcUrl={quote(event.tc_url)}" + (f", query={quote(event.query)}" if event.query else ""))
 
     def _on_publish(self, event: rtmp.PublishRequest) -> None:
         if self.role != ROLE_NONE:
             raise rtmp.RtmpError(f"publish while already {self.role}ing")
+        if self._refuse_bad_name(event, event.name, "stream"):
+            return
         if self.worker.cluster.on_publish(self, event):
             return  # the origin cluster decides later (publish uniqueness)
         now = time.monotonic()
         source = self.worker.fetch_source(self.vhost, self.session.app, event.name, now)
         if not source.can_publish():
-            log.warn(self.cid, f"publish refused: stream {source.key} is busy (publisher {source.publisher.cid})")
+            log.warn(self.cid, f"publish refused: stream {quote(source.key)} is busy "
+                               f"(publisher {source.publisher.cid})")
             self.session.reject_publish(event)
             self.close_later("stream busy")
             return
@@ -168,12 +175,14 @@ class RtmpConnection(asyncio.Protocol):
         source.on_publish(self, now)
         self.last_media_at = now
         self.deadline = now + self.vhost.publish.firstpkt_timeout / 1000
-        log.trace(self.cid, f"publish {source.key}, type={event.publish_type}, fmle={event.fmle}"
-                            + (f", query={event.query}" if event.query else ""))
+        log.trace(self.cid, f"publish {quote(source.key)}, type={quote(event.publish_type)}, fmle={event.fmle}"
+                            + (f", query={quote(event.query)}" if event.query else ""))
 
     def _on_play(self, event: rtmp.PlayRequest) -> None:
         if self.role != ROLE_NONE:
             raise rtmp.RtmpError(f"play while already {self.role}ing")
+        if self._refuse_bad_name(event, event.name, "stream"):
+            return
         if self.worker.cluster.on_play(self, event):
             return  # answered by the origin cluster (redirect or StreamNotFound)
         now = time.monotonic()
@@ -185,14 +194,34 @@ class RtmpConnection(asyncio.Protocol):
         self._flush_session()
         self.consumer = Consumer(source, rtmp_format(self.session.out_chunk_size), self)
         self.consumer.start(now)
-        log.trace(self.cid, f"play {source.key}, start={event.start:g}, duration={event.duration:g}, "
+        log.trace(self.cid, f"play {quote(source.key)}, start={event.start:g}, duration={event.duration:g}, "
                             f"publisher={'yes' if source.publisher else 'waiting'}"
-                            + (f", query={event.query}" if event.query else ""))
+                            + (f", query={quote(event.query)}" if event.query else ""))
+
+    def _refuse_bad_name(self, event, name: str, what: str) -> bool:
+        """Refuse an app or stream name with control characters (server/names.py), as the protocol says no to
+        each request (SRS's codes), then close after the usual wait. True when refused."""
+        problem = name_problem(name)
+        if problem is None:
+            return False
+        description = f"Invalid {what} name: {problem}."
+        if isinstance(event, rtmp.ConnectRequest):
+            verb = "connect"
+            self.session.reject_connect(event, description)
+        elif isinstance(event, rtmp.PublishRequest):
+            verb = "publish"
+            self.session.reject_publish(event, description, code="NetStream.Publish.BadName")
+        else:
+            verb = "play"
+            self.session.send_status(event.stream_id, "error", "NetStream.Play.StreamNotFound", description)
+        log.warn(self.cid, f"{verb} refused: {what} name \"{quote(name)}\" has a {problem}, ip={self.ip}")
+        self.close_later(f"invalid {what} name")
+        return True
 
     def _stop_publishing(self, reason: str) -> None:
         if self.role == ROLE_PUBLISH and self.source is not None:
             self.source.on_unpublish(time.monotonic())
-            log.trace(self.cid, f"unpublish {self.source.key}: {reason}")
+            log.trace(self.cid, f"unpublish {quote(self.source.key)}: {reason}")
             self.role = ROLE_NONE
             self.source = None
             self.deadline = None
@@ -202,7 +231,7 @@ class RtmpConnection(asyncio.Protocol):
             self.consumer.stop(time.monotonic())
             self.control_bytes += self.consumer.bytes_sent   # keep the total once the consumer is gone
             self.worker.closed_dropped += self.consumer.dropped     # the same for /metrics' dropped messages
-            log.trace(self.cid, f"stop play {self.source.key}")
+            log.trace(self.cid, f"stop play {quote(self.source.key)}")
             self.consumer = None
             self.source = None
             self.role = ROLE_NONE
@@ -249,8 +278,10 @@ class RtmpConnection(asyncio.Protocol):
         self.close_later(reason)
 
     def kick(self, reason: str) -> None:
+        """Disconnect now (the API's DELETE, a player too slow): the socket is reset, not drained, since a kicked
+        client may be one that never reads; it is forgotten and counted out at once (nonstop/reset.py)."""
         log.warn(self.cid, f"kick: {reason}")
-        self.close(reason)
+        self.close(reason, abort=True)
 
     def send_status(self, code: str, description: str) -> None:
         """An onStatus on this client's stream, e.g. a publisher's last NetStream.Unpublish.Success at quit."""
@@ -280,7 +311,8 @@ class RtmpConnection(asyncio.Protocol):
         self.deadline = time.monotonic() + CLOSE_AFTER_REFUSAL_S
         self.transport.pause_reading()
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: str, abort: bool = False) -> None:
+        """Close gracefully (what was written still goes out), or with `abort` reset the socket at once."""
         if self.closed:
             return
         self.closed = True
@@ -289,7 +321,9 @@ class RtmpConnection(asyncio.Protocol):
         elif self.consumer is not None:
             self._stop_playing()
         self.session.close()
-        if self.transport is not None:
+        if abort:
+            reset(self.transport)
+        elif self.transport is not None:
             self.transport.close()
         alive = time.monotonic() - self.created_at
         log.trace(self.cid, f"close ip={self.ip}, alive={alive:.2f}s, reason={reason}")
