@@ -192,7 +192,7 @@ class Source:
     def _on_track_header(self, media: str, packet: Packet) -> bool:
         """Keep a sequence header in its slot: the default track's in video_sh/audio_sh, a multitrack
         message's in track_sh. True when it was a multitrack one."""
-        slot = flv.sequence_header_slot(packet.payload)
+        slot = flv.sequence_header_slot(packet.type_id, packet.payload)
         if not slot:
             setattr(self, f"{media}_sh", packet)
             return False

@@ -558,13 +558,11 @@ def is_audio_sequence_header(payload) -> bool:
     return header.codec == "AAC" and header.packet_type == AAC_SEQUENCE_HEADER
 
 
-def sequence_header_slot(payload) -> str:
-    """Which cached sequence header a header message replaces: '' for the default track (a plain
-    message), else 'tracks:<ids>' for a multitrack one, so each track's configuration is kept and sent
-    to new players (the caller prefixes the media type)."""
-    header = _video_header(payload) if payload and payload[0] & VIDEO_EX_HEADER else None
-    if header is None and payload and payload[0] >> 4 == SOUND_EX_HEADER:
-        header = _audio_header(payload)
+def sequence_header_slot(tag_type: int, payload) -> str:
+    """Which cached sequence header a TAG_VIDEO / TAG_AUDIO header message replaces: '' for the default
+    track (a plain message), else 'tracks:<ids>' for a multitrack one, so each track's configuration is
+    kept and sent to new players (the caller keeps video and audio apart)."""
+    header = _video_header(payload) if tag_type == TAG_VIDEO else _audio_header(payload)
     if header is None or header.multitrack is None:
         return ""
     return "tracks:" + ",".join(str(t.track_id) for t in header.tracks)
@@ -1055,7 +1053,7 @@ def parse_aac_sequence_header(payload: bytes) -> dict | None:
 # ----- Opus ID header (RFC 7845 5.1) and FLAC STREAMINFO (RFC 9639 8.2) ----------------------------------
 OPUS_HEAD = b"OpusHead"
 OPUS_OUTPUT_RATE = 48000     # Opus always decodes at 48 kHz; the header's input rate is informative
-FLAC_STREAMINFO_END = 4 + 4 + 18   # 'fLaC', metadata block header, STREAMINFO up to the channel bits
+FLAC_STREAMINFO_SIZE = 18   # STREAMINFO up to its sample rate and channel bits
 
 
 def _audio_config(payload, fourcc: bytes) -> bytes | None:
@@ -1079,9 +1077,12 @@ def parse_audio_sequence_header(payload) -> dict | None:
         return {"profile": "", "sample_rate": OPUS_OUTPUT_RATE, "channel": config[9]}
     if codec == "FLAC":
         config = _audio_config(payload, b"fLaC")
-        if config is None or len(config) < FLAC_STREAMINFO_END or not config.startswith(b"fLaC"):
+        if config is None:
             return None
-        info = config[8:]
+        # The spec puts 'fLaC' and a metadata block header first; ffmpeg sends the bare STREAMINFO.
+        info = config[8:] if config.startswith(b"fLaC") else config
+        if len(info) < FLAC_STREAMINFO_SIZE:
+            return None
         rate = (info[10] << 12) | (info[11] << 4) | (info[12] >> 4)
         return {"profile": "", "sample_rate": rate, "channel": ((info[12] >> 1) & 0x07) + 1}
     return None

@@ -1,0 +1,433 @@
+"""Enhanced RTMP (veovera enhanced-rtmp v1/v2): the video and audio headers, keyframes and sequence headers
+for every codec and for multitrack, the codec details read from sequence headers, the Source's use of them,
+and the E-RTMP answer to `connect`.
+
+The byte vectors are built here from the spec's bit layout; the sequence headers are real ones written by
+ffmpeg 9 (libx265, libaom-av1, libvpx-vp9, flac, libopus), cut to their parameter sets.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nonstop.media.consumer import Consumer
+from nonstop.media.packet import FORMAT_FLV, rtmp_format
+from nonstop.media.source import Source
+from nonstop.protocol import amf0, flv, rtmp
+from nonstop.protocol.chunk import ChunkReader
+from nonstop.protocol.flv import FlvError
+from tests.unit.test_media import AAC_HEADER, AVC_HEADER, FakeSink
+from tests.unit.test_rtmp_session import pump
+
+
+# ----- builders, from the spec's bitstream description ----------------------------------------------------
+def ex_video(frame_type: int, packet_type: int, fourcc: bytes = b"hvc1", body: bytes = b"") -> bytes:
+    return bytes([0x80 | frame_type << 4 | packet_type]) + fourcc + body
+
+
+def modex(packet_type: int, data: bytes, modex_type: int = 0) -> bytes:
+    """A ModEx block (1..256 bytes of data use the 8-bit size, more the 16-bit one) then the packet type."""
+    size = len(data) - 1
+    head = bytes([size]) if size < 255 else bytes([255]) + (size).to_bytes(2, "big")
+    return head + data + bytes([modex_type << 4 | packet_type])
+
+
+def multitrack(frame_type: int, packet_type: int, mt_type: int, tracks, fourcc: bytes = b"hvc1",
+               audio: bool = False) -> bytes:
+    """A multitrack message: tracks is [(track_id, body)] or, for ManyTracksManyCodecs, [(id, fourcc, body)]."""
+    first = bytes([0x95]) if audio else bytes([0x80 | frame_type << 4 | 6])
+    out = first + bytes([mt_type << 4 | packet_type])
+    if mt_type != 2:
+        out += fourcc
+    for track in tracks:
+        if mt_type == 2:
+            track_id, track_fourcc, body = track
+            out += track_fourcc
+        else:
+            track_id, body = track
+        out += bytes([track_id])
+        if mt_type != 0:
+            out += len(body).to_bytes(3, "big")
+        out += body
+    return out
+
+
+def ex_audio(packet_type: int, fourcc: bytes, body: bytes = b"") -> bytes:
+    return bytes([0x90 | packet_type]) + fourcc + body
+
+
+# Real configuration records (ffmpeg 9).
+HEVC_RECORD_720P_MAIN10 = bytes.fromhex(
+    "0102200000009000000000005df000fcfdfafa00000f03200001001840010c01ffff02200000030090000003000003005d959409"
+    "210001002b42010102200000030090000003000003005da00280802d136595952930bc05a0200000030020000003014122000100"
+    "064401c073c189")
+AV1_RECORD_640X360 = bytes.fromhex("81010c000a0b0000000cc4ff6736be4010")
+VP9_RECORD = bytes.fromhex("010000000015820202020000")
+OPUS_HEAD = b"OpusHead\x01\x02\x38\x01\x80\xbb\x00\x00\x00\x00\x00"
+FLAC_STREAMINFO = bytes.fromhex("0400040000014a0001840ac440f0000033ae9eee3d7b33a65acb007e856eb0c6601d")
+AAC_CONFIG = bytes([0x12, 0x10])
+
+
+# ----- video headers --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("frame_type, packet_type, body, kind", [
+    (1, 0, HEVC_RECORD_720P_MAIN10, flv.KIND_SEQUENCE_HEADER),      # SequenceStart
+    (1, 1, b"\x00\x00\x00" + b"\x00" * 8, flv.KIND_KEYFRAME),        # CodedFrames, keyframe
+    (2, 1, b"\x00\x00\x21" + b"\x00" * 8, flv.KIND_FRAME),           # CodedFrames, inter frame
+    (1, 3, b"\x00" * 8, flv.KIND_KEYFRAME),                          # CodedFramesX (no composition time)
+    (2, 3, b"\x00" * 8, flv.KIND_FRAME),
+    (1, 2, b"", flv.KIND_OTHER),                                     # SequenceEnd
+    (5, 4, amf0.encode("colorInfo", {"colorConfig": {}}), flv.KIND_OTHER),   # Metadata (FrameType ignored)
+    (1, 5, b"\x80\x00", flv.KIND_SEQUENCE_HEADER),                   # MPEG2TSSequenceStart
+])
+def test_every_video_packet_type(frame_type, packet_type, body, kind):
+    payload = ex_video(frame_type, packet_type, b"hvc1", body)
+    header = flv.parse_video_header(payload)
+    assert header.enhanced and header.frame_type == frame_type and header.packet_type == packet_type
+    assert header.codec == "HEVC" and header.multitrack is None
+    assert header.tracks == (flv.Track(0, b"hvc1", 5, len(body)),)
+    assert flv.video_kind(payload) == kind
+    assert flv.is_video_keyframe(payload) == (kind == flv.KIND_KEYFRAME)
+    assert flv.is_video_sequence_header(payload) == (kind == flv.KIND_SEQUENCE_HEADER)
+
+
+@pytest.mark.parametrize("fourcc, codec", [(b"hvc1", "HEVC"), (b"av01", "AV1"), (b"vp09", "VP9"),
+                                           (b"avc1", "H264"), (b"vp08", "VP8"), (b"vvc1", "VVC")])
+def test_keyframes_and_sequence_headers_for_every_video_fourcc(fourcc, codec):
+    assert flv.video_codec(ex_video(1, 1, fourcc, b"\x00" * 4)) == codec
+    assert flv.video_kind(ex_video(1, 0, fourcc, b"\x01")) == flv.KIND_SEQUENCE_HEADER
+    assert flv.video_kind(ex_video(1, 1, fourcc, b"\x00" * 4)) == flv.KIND_KEYFRAME
+    assert flv.video_kind(ex_video(2, 1, fourcc, b"\x00" * 4)) == flv.KIND_FRAME
+
+
+def test_unknown_fourcc_is_a_frame_never_a_keyframe():
+    payload = ex_video(1, 1, b"xxxx", b"\x00" * 4)
+    assert flv.parse_video_header(payload).codec is None
+    assert flv.video_kind(payload) == flv.KIND_FRAME
+
+
+def test_video_command_frame_carries_no_picture():
+    payload = bytes([0x80 | 5 << 4 | 1, 0])   # FrameType Command, then the command byte (StartSeek)
+    header = flv.parse_video_header(payload)
+    assert header.command == 0 and header.tracks == ()
+    assert flv.video_kind(payload) == flv.KIND_OTHER
+    assert flv.video_kind(bytes([0x57, 0x00])) == flv.KIND_OTHER   # legacy AVC command frame
+
+
+def test_modex_timestamp_offset_nano_then_the_real_packet_type():
+    payload = bytes([0x80 | 1 << 4 | 7]) + modex(1, (123456).to_bytes(3, "big")) + b"av01" + b"\x12\x00"
+    header = flv.parse_video_header(payload)
+    assert (header.packet_type, header.codec, header.nano_offset) == (1, "AV1", 123456)
+    assert header.tracks[0].offset == len(payload) - 2
+    assert flv.video_kind(payload) == flv.KIND_KEYFRAME
+
+
+def test_modex_with_a_16_bit_size_and_audio_modex():
+    payload = bytes([0x80 | 2 << 4 | 7]) + modex(3, bytes(300)) + b"hvc1" + b"\x00"
+    assert flv.parse_video_header(payload).packet_type == 3
+    assert flv.video_kind(payload) == flv.KIND_FRAME
+    audio = bytes([0x97]) + modex(0, b"\x00\x00\x01") + b"Opus" + OPUS_HEAD
+    header = flv.parse_audio_header(audio)
+    assert (header.packet_type, header.codec, header.nano_offset) == (0, "Opus", 1)
+    assert flv.is_audio_sequence_header(audio)
+
+
+# ----- multitrack -----------------------------------------------------------------------------------------
+def test_multitrack_one_track():
+    payload = multitrack(1, 1, 0, [(1, b"\x00\x00\x00frame")])
+    header = flv.parse_video_header(payload)
+    assert header.multitrack == flv.MULTITRACK_ONE_TRACK and header.packet_type == 1
+    assert header.tracks == (flv.Track(1, b"hvc1", 7, 8),)    # byte 0, multitrack byte, FourCC, track id
+    assert payload[7:] == b"\x00\x00\x00frame"
+    # Track 1 alone is not where a GOP starts: the default track (0) decides.
+    assert flv.video_kind(payload) == flv.KIND_FRAME
+    assert flv.video_kind(multitrack(1, 1, 0, [(0, b"\x00\x00\x00k")])) == flv.KIND_KEYFRAME
+
+
+def test_multitrack_many_tracks_same_codec():
+    payload = multitrack(1, 1, 1, [(0, b"\x00\x00\x00aaaa"), (1, b"\x00\x00\x00bb")], fourcc=b"av01")
+    header = flv.parse_video_header(payload)
+    assert [(t.track_id, t.fourcc, payload[t.offset:t.offset + t.size]) for t in header.tracks] == [
+        (0, b"av01", b"\x00\x00\x00aaaa"), (1, b"av01", b"\x00\x00\x00bb")]
+    assert flv.video_kind(payload) == flv.KIND_KEYFRAME and header.codec == "AV1"
+
+
+def test_multitrack_many_tracks_many_codecs():
+    payload = multitrack(1, 0, 2, [(0, b"hvc1", HEVC_RECORD_720P_MAIN10), (1, b"av01", AV1_RECORD_640X360)])
+    header = flv.parse_video_header(payload)
+    assert [(t.track_id, t.fourcc) for t in header.tracks] == [(0, b"hvc1"), (1, b"av01")]
+    assert flv.video_kind(payload) == flv.KIND_SEQUENCE_HEADER
+    assert flv.sequence_header_slot(flv.TAG_VIDEO, payload) == "tracks:0,1"
+    # Each codec's details come from its own track's record.
+    assert flv.parse_hevc_sequence_header(payload)["width"] == 1280
+    assert flv.parse_av1_sequence_header(payload)["width"] == 640
+
+
+def test_multitrack_audio():
+    payload = multitrack(0, 0, 1, [(0, OPUS_HEAD), (1, OPUS_HEAD)], fourcc=b"Opus", audio=True)
+    header = flv.parse_audio_header(payload)
+    assert header.multitrack == 1 and [t.track_id for t in header.tracks] == [0, 1]
+    assert flv.is_audio_sequence_header(payload) and flv.audio_codec(payload) == "Opus"
+    assert flv.sequence_header_slot(flv.TAG_AUDIO, payload) == "tracks:0,1"
+    assert flv.sequence_header_slot(flv.TAG_AUDIO, OPUS_HEAD) == ""
+    assert flv.parse_audio_sequence_header(payload) == {"profile": "", "sample_rate": 48000, "channel": 2}
+
+
+@pytest.mark.parametrize("payload, error", [
+    (multitrack(1, 1, 1, [(0, b"abc")])[:-1], "overruns"),                        # size beyond the message
+    (bytes([0x86, 0x31]) + b"hvc1", "truncated"),                                # reserved multitrack type 3
+    (bytes([0x86, 0x06]) + b"hvc1\x00", "inside a multitrack"),                  # Multitrack in Multitrack
+    (bytes([0x88]) + b"hvc1", "reserved VideoPacketType"),
+    (bytes([0x87, 0x00]), "truncated"),                                          # ModEx cut short
+    (bytes([0x87]) + modex(7, b"\x00") * 9 + b"hvc1", "ModEx"),                  # endless ModEx
+    (b"", "empty"),
+])
+def test_malformed_video_headers_are_flv_errors(payload, error):
+    if error == "truncated" and payload[:2] == bytes([0x86, 0x31]):
+        error = "reserved AvMultitrackType"
+    with pytest.raises(FlvError, match=error):
+        flv.parse_video_header(payload)
+    assert flv.video_kind(payload) == flv.KIND_OTHER
+    assert flv.parse_video_sequence_header(payload) is None
+
+
+def test_too_many_tracks_is_refused():
+    payload = multitrack(1, 1, 1, [(i % 256, b"") for i in range(flv.MAX_TRACKS + 1)])
+    with pytest.raises(FlvError, match="tracks"):
+        flv.parse_video_header(payload)
+
+
+# ----- audio headers --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fourcc, codec", [(b"Opus", "Opus"), (b"fLaC", "FLAC"), (b"ac-3", "AC3"),
+                                           (b"ec-3", "EAC3"), (b".mp3", "MP3"), (b"mp4a", "AAC")])
+def test_every_audio_fourcc_and_packet_type(fourcc, codec):
+    for packet_type, is_header in ((0, True), (1, False), (2, False), (4, False)):
+        payload = ex_audio(packet_type, fourcc, b"\x00\x01")
+        header = flv.parse_audio_header(payload)
+        assert header.enhanced and header.packet_type == packet_type and header.codec == codec
+        assert flv.is_audio_sequence_header(payload) is is_header
+    with pytest.raises(FlvError, match="reserved AudioPacketType"):
+        flv.parse_audio_header(ex_audio(3, fourcc))
+
+
+def test_legacy_audio_header():
+    header = flv.parse_audio_header(AAC_HEADER)
+    assert not header.enhanced and header.codec == "AAC" and header.packet_type == 0
+    assert flv.parse_audio_header(b"\x2f\xff").packet_type == -1
+
+
+# ----- codec details from sequence headers ----------------------------------------------------------------
+def test_hevc_sequence_header_enhanced_and_legacy():
+    expected = {"profile": "Main10", "level": "3.1", "width": 1280, "height": 720}
+    assert flv.parse_video_sequence_header(ex_video(1, 0, b"hvc1", HEVC_RECORD_720P_MAIN10)) == expected
+    legacy = bytes([0x1C, 0, 0, 0, 0]) + HEVC_RECORD_720P_MAIN10      # codec id 12, before E-RTMP
+    assert flv.parse_video_sequence_header(legacy) == expected
+
+
+def test_av1_sequence_header():
+    assert flv.parse_video_sequence_header(ex_video(1, 0, b"av01", AV1_RECORD_640X360)) == {
+        "profile": "Main", "level": "2.1", "width": 640, "height": 360}
+    # ffmpeg first sends an empty SequenceStart, before the encoder's extradata exists.
+    assert flv.parse_video_sequence_header(ex_video(1, 0, b"av01")) is None
+
+
+def test_vp9_sequence_header_has_profile_and_level_but_no_size():
+    assert flv.parse_video_sequence_header(ex_video(1, 0, b"vp09", VP9_RECORD)) == {
+        "profile": "Profile0", "level": "2.1", "width": 0, "height": 0}
+
+
+def test_h264_over_enhanced_rtmp_avc1():
+    record = AVC_HEADER[5:]
+    assert flv.parse_video_sequence_header(ex_video(1, 0, b"avc1", record)) == \
+        flv.parse_avc_sequence_header(AVC_HEADER)
+
+
+def test_audio_sequence_headers():
+    assert flv.parse_audio_sequence_header(ex_audio(0, b"Opus", OPUS_HEAD)) == {
+        "profile": "", "sample_rate": 48000, "channel": 2}
+    assert flv.parse_audio_sequence_header(ex_audio(0, b"fLaC", FLAC_STREAMINFO)) == {
+        "profile": "", "sample_rate": 44100, "channel": 1}
+    # The spec's layout: 'fLaC' and a metadata block header before STREAMINFO.
+    assert flv.parse_audio_sequence_header(ex_audio(0, b"fLaC", b"fLaC\x80\x00\x00\x22" + FLAC_STREAMINFO)) == {
+        "profile": "", "sample_rate": 44100, "channel": 1}
+    assert flv.parse_audio_sequence_header(ex_audio(0, b"mp4a", AAC_CONFIG)) == \
+        flv.parse_aac_sequence_header(AAC_HEADER)
+    assert flv.parse_audio_sequence_header(ex_audio(0, b"Opus", b"OpusHead")) is None
+
+
+# ----- fuzzing --------------------------------------------------------------------------------------------
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=64))
+def test_fuzz_headers_raise_only_flv_errors(data):
+    for payload in (data, b"\x80" + data, b"\x86" + data, b"\x87" + data, b"\x90" + data, b"\x95" + data,
+                    b"\x97" + data):
+        for parse in (flv.parse_video_header, flv.parse_audio_header):
+            try:
+                header = parse(payload)
+            except FlvError:
+                continue
+            for track in header.tracks:
+                assert 0 <= track.offset and track.offset + track.size <= len(payload)
+        assert flv.video_kind(payload) in (flv.KIND_SEQUENCE_HEADER, flv.KIND_KEYFRAME, flv.KIND_FRAME,
+                                           flv.KIND_OTHER)
+        assert flv.is_audio_sequence_header(payload) in (True, False)
+        assert isinstance(flv.sequence_header_slot(flv.TAG_VIDEO, payload), str)
+        assert isinstance(flv.sequence_header_slot(flv.TAG_AUDIO, payload), str)
+        for parse in (flv.parse_video_sequence_header, flv.parse_audio_sequence_header):
+            result = parse(payload)
+            assert result is None or isinstance(result, dict)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from([b"hvc1", b"av01", b"vp09", b"avc1"]), st.binary(max_size=300))
+def test_fuzz_sequence_header_records_never_raise(fourcc, record):
+    for payload in (ex_video(1, 0, fourcc, record), multitrack(1, 0, 2, [(0, fourcc, record)])):
+        result = flv.parse_video_sequence_header(payload)
+        assert result is None or {"profile", "level", "width", "height"} <= set(result)
+
+
+track_lists = st.lists(st.tuples(st.integers(0, 255), st.sampled_from([b"hvc1", b"av01", b"vp09", b"abcd"]),
+                                 st.binary(max_size=40)), min_size=1, max_size=6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from([0, 1, 2]), st.integers(1, 4), st.sampled_from([0, 1, 3]), track_lists, st.booleans())
+def test_fuzz_multitrack_round_trip(mt_type, frame_type, packet_type, tracks, audio):
+    if audio and packet_type == 3:
+        packet_type = 4              # audio has no packet type 3 (reserved); 4 is MultichannelConfig
+    if mt_type == 0:
+        tracks = tracks[:1]
+    fourcc = tracks[0][1]
+    if mt_type != 2:
+        tracks = [(i, fourcc, body) for i, _, body in tracks]
+    spec = tracks if mt_type == 2 else [(i, body) for i, _, body in tracks]
+    payload = multitrack(frame_type, packet_type, mt_type, spec, fourcc=fourcc, audio=audio)
+    header = (flv.parse_audio_header if audio else flv.parse_video_header)(payload)
+    assert header.multitrack == mt_type and header.packet_type == packet_type
+    got = [(t.track_id, t.fourcc, payload[t.offset:t.offset + t.size]) for t in header.tracks]
+    assert got == list(tracks)
+
+
+# ----- the Source: GOP cache, sequence headers and codec info for every codec ----------------------------
+HEVC_SH = ex_video(1, 0, b"hvc1", HEVC_RECORD_720P_MAIN10)
+HEVC_KEY = ex_video(1, 1, b"hvc1", b"\x00\x00\x00" + b"K" * 60)
+HEVC_INTER = ex_video(2, 3, b"hvc1", b"P" * 30)
+TRACK1_SH = multitrack(1, 0, 0, [(1, AV1_RECORD_640X360)], fourcc=b"av01")
+TRACK1_KEY = multitrack(1, 1, 0, [(1, b"k" * 20)], fourcc=b"av01")
+TRACK1_INTER = multitrack(2, 1, 0, [(1, b"p" * 10)], fourcc=b"av01")
+OPUS_SH = ex_audio(0, b"Opus", OPUS_HEAD)
+OPUS_FRAME = ex_audio(1, b"Opus", b"o" * 20)
+VIDEO_METADATA = ex_video(5, 4, b"hvc1", amf0.encode("colorInfo", {}))
+
+
+def make_source() -> Source:
+    source = Source("__defaultVhost__/live/s", "__defaultVhost__", "live", "s", min_latency=True)
+    source.on_publish(object(), 0.0)
+    return source
+
+
+def publish_multitrack_gops(source: Source, gops: int = 2) -> None:
+    source.on_media(9, 0, HEVC_SH, 0.0)
+    source.on_media(9, 0, TRACK1_SH, 0.0)
+    source.on_media(8, 0, OPUS_SH, 0.0)
+    ts = 0
+    for _ in range(gops):
+        source.on_media(9, ts, TRACK1_KEY, 0.0)    # track 1's keyframe first: not where the GOP starts
+        source.on_media(9, ts, HEVC_KEY, 0.0)
+        source.on_media(9, ts, VIDEO_METADATA, 0.0)
+        for _ in range(4):
+            ts += 40
+            source.on_media(8, ts, OPUS_FRAME, 0.0)
+            source.on_media(9, ts, HEVC_INTER, 0.0)
+            source.on_media(9, ts, TRACK1_INTER, 0.0)
+        ts += 40
+
+
+def late_joiner_messages(source: Source, fmt: str = rtmp_format(60000)):
+    sink = FakeSink()
+    Consumer(source, fmt, sink).start(0.0)
+    if fmt == FORMAT_FLV:
+        data = sink.transport.data()
+        return [(t.tag_type, t.payload) for t in flv.FlvReader().feed(data[13:] if data[:3] == b"FLV" else
+                                                                       flv.file_header(True, True) + data)]
+    return [(m.type_id, m.payload) for m in ChunkReader(chunk_size=60000).feed(sink.transport.data())]
+
+
+@pytest.mark.parametrize("fmt", [rtmp_format(60000), FORMAT_FLV])
+def test_late_joiner_gets_every_tracks_sequence_header_then_starts_at_the_default_tracks_keyframe(fmt):
+    source = make_source()
+    publish_multitrack_gops(source)
+    messages = late_joiner_messages(source, fmt)
+    media = [(t, p) for t, p in messages if t in (8, 9)]
+    assert media[:3] == [(9, HEVC_SH), (8, OPUS_SH), (9, TRACK1_SH)], "both video tracks' headers, then audio"
+    assert media[3] == (9, HEVC_KEY), "the first media message after the headers is the keyframe"
+    assert (9, TRACK1_INTER) in media[4:]
+
+
+def test_codec_info_for_hevc_and_opus_and_frames_count_only_pictures():
+    source = make_source()
+    publish_multitrack_gops(source, gops=1)
+    assert source.info.video_codec == "HEVC", "the default track's codec, not track 1's"
+    assert source.info.video == {"profile": "Main10", "level": "3.1", "width": 1280, "height": 720}
+    assert source.info.audio_codec == "Opus"
+    assert source.info.audio == {"profile": "", "sample_rate": 48000, "channel": 2}
+    # 2 keyframes + 8 inter frames (both tracks); not the colorInfo metadata nor the sequence headers.
+    assert source.frames == 10
+
+
+def test_av1_keyframes_make_the_gop():
+    source = make_source()
+    source.on_media(9, 0, ex_video(1, 0, b"av01", AV1_RECORD_640X360), 0.0)
+    for gop in range(3):
+        source.on_media(9, gop * 400, ex_video(1, 1, b"av01", b"K"), 0.0)
+        for i in range(1, 10):
+            source.on_media(9, gop * 400 + i * 40, ex_video(2, 1, b"av01", b"P"), 0.0)
+    assert source.info.video == {"profile": "Main", "level": "2.1", "width": 640, "height": 360}
+    assert source.packets[source.gop_start_seq - source.base_seq].payload == ex_video(1, 1, b"av01", b"K")
+    assert source.gop_frames == 10
+
+
+def test_multitrack_sequence_headers_survive_snapshot_and_restore_and_go_at_unpublish():
+    source = make_source()
+    publish_multitrack_gops(source)
+    restored = Source.restore(source.snapshot(), 1.0)
+    assert [p.payload for p in restored.track_sh.values()] == [TRACK1_SH]
+    assert late_joiner_messages(restored)[:3] == late_joiner_messages(source)[:3]
+    source.on_unpublish(2.0)
+    assert source.track_sh == {} and source.video_sh is None
+
+
+def test_a_newer_track_header_replaces_the_older_and_goes_last():
+    source = make_source()
+    publish_multitrack_gops(source, gops=1)
+    newer = multitrack(1, 0, 0, [(1, AV1_RECORD_640X360 + b"\x00")], fourcc=b"av01")
+    source.on_media(9, 500, newer, 0.0)
+    assert [p.payload for p in source.track_sh.values()] == [newer]
+
+
+# ----- connect ----------------------------------------------------------------------------------------------
+def connect(**extra):
+    server = rtmp.RtmpSession(rtmp.SERVER)
+    client = rtmp.RtmpSession(rtmp.CLIENT)
+    client.connect("live", "rtmp://h/live", **extra)
+    _, ev_server = pump(client, server)
+    server.accept_connect(ev_server[0])
+    ev_client, _ = pump(client, server)
+    return next(e for e in ev_client if isinstance(e, rtmp.Connected))
+
+
+def test_connect_answers_enhanced_rtmp_capabilities_to_an_enhanced_client():
+    connected = connect(fourCcList=["hvc1", "av01", "Opus"], capsEx=2.0)
+    props = connected.properties
+    assert props["fmsVer"] == rtmp.FMS_VERSION
+    assert set(props["fourCcList"]) >= {"hvc1", "av01", "vp09", "avc1", "Opus", "fLaC", "ac-3", "ec-3", ".mp3",
+                                         "mp4a"}
+    assert props["videoFourCcInfoMap"] == {"*": 4.0} and props["audioFourCcInfoMap"] == {"*": 4.0}
+    assert props["capsEx"] == 6.0, "Multitrack | ModEx"
+    assert connect(videoFourCcInfoMap={"hvc1": 1.0}).properties["capsEx"] == 6.0
+
+
+def test_connect_answer_to_a_legacy_client_is_unchanged():
+    props = connect().properties
+    assert props == {"fmsVer": rtmp.FMS_VERSION, "capabilities": 127.0, "mode": 1.0}
