@@ -5,7 +5,9 @@ An RTMP audio/video/data message and an FLV tag carry the same payload bytes, so
 RTMP too. Sans-IO: bytes in, tags and values out; `FlvReader` raises `FlvError` for anything malformed.
 
 Enhanced RTMP (veovera's enhanced-rtmp v1/v2) is understood for video (`IsExHeader` bit, FourCC) and for
-audio (sound format 9, FourCC), so HEVC/AV1/VP9/Opus publishers get a GOP cache and codec info too.
+audio (sound format 9, FourCC), with ModEx and multitrack: `parse_video_header` / `parse_audio_header` read
+one header, `video_kind` tells the source what a video message is, and the sequence-header parsers give the
+API's codec details (H.264, HEVC, AV1, VP9, AAC, Opus, FLAC), so every codec gets a GOP cache and codec info.
 """
 
 from __future__ import annotations
@@ -269,9 +271,6 @@ VIDEO_PACKET_TYPES = frozenset(range(8))
 # Names as SRS's API prints them (srs_video_codec_id2str: H264, HEVC, AV1; VP9 in SRS 7).
 VIDEO_FOURCCS = {b"avc1": "H264", b"hvc1": "HEVC", b"av01": "AV1", b"vp09": "VP9", b"vp08": "VP8",
                  b"vvc1": "VVC"}
-# Codec-specific bytes before the codec data of a coded frame: an SI24 composition time for the NAL codecs.
-COMPOSITION_TIME_FOURCCS = frozenset((b"avc1", b"hvc1", b"vvc1"))
-EX_FOURCC_END = 5            # in a plain (no ModEx, no multitrack) enhanced payload the FourCC is payload[1:5]
 
 # Legacy audio tag: byte 0 = SoundFormat (4 bits) | rate | size | type; AAC then AACPacketType.
 SOUND_AAC = 10
@@ -283,7 +282,8 @@ AUDIO_SEQUENCE_END = 2
 AUDIO_MULTICHANNEL_CONFIG = 4
 AUDIO_PACKET_MULTITRACK = 5
 AUDIO_PACKET_MODEX = 7
-AUDIO_PACKET_TYPES = frozenset((0, 1, 2, 4, 5, 7))
+AUDIO_PACKET_TYPES = frozenset((AUDIO_SEQUENCE_START, AUDIO_CODED_FRAMES, AUDIO_SEQUENCE_END,
+                                AUDIO_MULTICHANNEL_CONFIG, AUDIO_PACKET_MULTITRACK, AUDIO_PACKET_MODEX))  # 3: reserved
 LEGACY_AUDIO_CODECS = {
     0: "PCM", 1: "ADPCM", 2: "MP3", 3: "PCM", 4: "Nellymoser", 5: "Nellymoser", 6: "Nellymoser",
     7: "G711A", 8: "G711U", 10: "AAC", 11: "Speex",
@@ -514,25 +514,41 @@ def video_kind(payload) -> str:
     Enhanced RTMP: SequenceStart and MPEG2TSSequenceStart are headers; CodedFrames(X) with FrameType
     KeyFrame is a keyframe when its codec is known and it carries the default track (0).
     """
-    header = _video_header(payload)
-    if header is None:
+    # Runs for every video message: the common headers are read here without building a MediaHeader.
+    if not payload:
         return KIND_OTHER
-    if header.frame_type == FRAME_COMMAND and header.packet_type != PACKET_METADATA:
-        return KIND_OTHER
-    if not header.enhanced:
-        if header.packet_type == -1:     # legacy codecs without packet type: the frame type alone
-            return KIND_KEYFRAME if header.frame_type == FRAME_KEY else KIND_FRAME
-        if header.packet_type == AVC_SEQUENCE_HEADER:
+    first = payload[0]
+    if not first & VIDEO_EX_HEADER:
+        frame_type = first >> 4
+        if frame_type == FRAME_COMMAND:
+            return KIND_OTHER
+        if first & 0x0F not in CODECS_WITH_PACKET_TYPE:   # legacy codecs without packet type
+            return KIND_KEYFRAME if frame_type == FRAME_KEY else KIND_FRAME
+        if len(payload) < 2:
+            return KIND_OTHER
+        if payload[1] == AVC_SEQUENCE_HEADER:
             return KIND_SEQUENCE_HEADER
-        if header.packet_type == AVC_NALU:
-            return KIND_KEYFRAME if header.frame_type == FRAME_KEY else KIND_FRAME
+        if payload[1] == AVC_NALU:
+            return KIND_KEYFRAME if frame_type == FRAME_KEY else KIND_FRAME
         return KIND_OTHER                # AVC end of sequence, reserved
-    if header.packet_type in (PACKET_SEQUENCE_START, PACKET_MPEG2TS_SEQUENCE_START):
+    packet_type = first & 0x0F
+    if packet_type in (VIDEO_PACKET_MULTITRACK, VIDEO_PACKET_MODEX):
+        header = _video_header(payload)
+        if header is None:
+            return KIND_OTHER
+        frame_type, packet_type = header.frame_type, header.packet_type
+        known = header.codec is not None and _is_default_track(header)
+    else:
+        if len(payload) < 5:
+            return KIND_OTHER
+        frame_type = (first >> 4) & 0x07
+        known = bytes(payload[1:5]) in VIDEO_FOURCCS
+    if frame_type == FRAME_COMMAND and packet_type != PACKET_METADATA:
+        return KIND_OTHER
+    if packet_type in (PACKET_SEQUENCE_START, PACKET_MPEG2TS_SEQUENCE_START):
         return KIND_SEQUENCE_HEADER
-    if header.packet_type in (PACKET_CODED_FRAMES, PACKET_CODED_FRAMES_X):
-        if header.frame_type == FRAME_KEY and header.codec is not None and _is_default_track(header):
-            return KIND_KEYFRAME
-        return KIND_FRAME
+    if packet_type in (PACKET_CODED_FRAMES, PACKET_CODED_FRAMES_X):
+        return KIND_KEYFRAME if frame_type == FRAME_KEY and known else KIND_FRAME
     return KIND_OTHER
 
 

@@ -279,6 +279,36 @@ def test_fuzz_headers_raise_only_flv_errors(data):
             assert result is None or isinstance(result, dict)
 
 
+def reference_kind(payload) -> str:
+    """video_kind written the slow way, from the full header: the fast paths must agree with it."""
+    try:
+        header = flv.parse_video_header(payload)
+    except FlvError:
+        return flv.KIND_OTHER
+    if header.frame_type == 5 and header.packet_type != 4:
+        return flv.KIND_OTHER
+    if not header.enhanced:
+        if header.packet_type == -1:
+            return flv.KIND_KEYFRAME if header.frame_type == 1 else flv.KIND_FRAME
+        return {0: flv.KIND_SEQUENCE_HEADER, 1: flv.KIND_KEYFRAME if header.frame_type == 1 else flv.KIND_FRAME
+                }.get(header.packet_type, flv.KIND_OTHER)
+    if header.packet_type in (0, 5):
+        return flv.KIND_SEQUENCE_HEADER
+    if header.packet_type in (1, 3):
+        default = header.multitrack is None or any(t.track_id == 0 for t in header.tracks)
+        key = header.frame_type == 1 and header.codec is not None and default
+        return flv.KIND_KEYFRAME if key else flv.KIND_FRAME
+    return flv.KIND_OTHER
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.binary(max_size=24),
+                 st.tuples(st.integers(0, 255), st.sampled_from([b"hvc1", b"av01", b"xxxx"]), st.binary(max_size=8))
+                 .map(lambda t: bytes([t[0]]) + t[1] + t[2])))
+def test_fuzz_video_kind_fast_paths_agree_with_the_full_header(payload):
+    assert flv.video_kind(payload) == reference_kind(payload)
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.sampled_from([b"hvc1", b"av01", b"vp09", b"avc1"]), st.binary(max_size=300))
 def test_fuzz_sequence_header_records_never_raise(fourcc, record):
