@@ -205,6 +205,18 @@ class Source:
         if self.gop_cache:
             self.gop_start_seq = packet.seq
             self.gop_frames = 1
+            # E-RTMP multitrack: keyframes of the other tracks sent just before this one, at the same time,
+            # belong to its GOP. The GOP still starts at a keyframe (the first of them), and a new player
+            # gets every track's keyframe, whatever order the publisher sent them in.
+            index = len(self.packets) - 2      # the packet before this one
+            while index >= 0:
+                before = self.packets[index]
+                if (before.type_id != MSG_VIDEO or before.timestamp != packet.timestamp
+                        or flv.video_kind(before.payload) != flv.KIND_TRACK_KEYFRAME):
+                    break
+                self.gop_start_seq = before.seq
+                self.gop_frames += 1
+                index -= 1
         self.trim()
 
     def _append(self, packet: Packet) -> None:

@@ -24,7 +24,8 @@ __all__ = [
     "audio_codec", "parse_avc_sequence_header", "parse_aac_sequence_header", "MediaHeader", "Track",
     "parse_video_header", "parse_audio_header", "video_kind", "sequence_header_slot",
     "parse_video_sequence_header", "parse_hevc_sequence_header", "parse_av1_sequence_header",
-    "parse_vp9_sequence_header", "parse_audio_sequence_header", "KIND_SEQUENCE_HEADER", "KIND_KEYFRAME", "KIND_FRAME", "KIND_OTHER",
+    "parse_vp9_sequence_header", "parse_audio_sequence_header", "KIND_SEQUENCE_HEADER", "KIND_KEYFRAME", "KIND_FRAME", "KIND_TRACK_KEYFRAME",
+    "KIND_OTHER",
 ]
 
 TAG_AUDIO = 8
@@ -307,6 +308,7 @@ MAX_MODEX = 8
 KIND_SEQUENCE_HEADER = "sequence_header"
 KIND_KEYFRAME = "keyframe"
 KIND_FRAME = "frame"
+KIND_TRACK_KEYFRAME = "track_keyframe"   # multitrack: a keyframe of tracks other than the default (0) only
 KIND_OTHER = "other"         # end of sequence, command, metadata, unknown: passed through, not counted
 
 
@@ -509,7 +511,8 @@ def _is_default_track(header: MediaHeader) -> bool:
 def video_kind(payload) -> str:
     """What a video message is for the GOP cache: KIND_SEQUENCE_HEADER (codec configuration, cached
     apart), KIND_KEYFRAME (a player can start decoding here: a GOP starts), KIND_FRAME (another picture),
-    or KIND_OTHER (end of sequence, command, metadata, malformed: passed through, not a frame).
+    KIND_TRACK_KEYFRAME (a picture: a keyframe of multitrack tracks other than the default one), or
+    KIND_OTHER (end of sequence, command, metadata, malformed: passed through, not a frame).
 
     Enhanced RTMP: SequenceStart and MPEG2TSSequenceStart are headers; CodedFrames(X) with FrameType
     KeyFrame is a keyframe when its codec is known and it carries the default track (0).
@@ -537,7 +540,10 @@ def video_kind(payload) -> str:
         if header is None:
             return KIND_OTHER
         frame_type, packet_type = header.frame_type, header.packet_type
-        known = header.codec is not None and _is_default_track(header)
+        known = header.codec is not None
+        if known and not _is_default_track(header) and frame_type == FRAME_KEY \
+                and packet_type in (PACKET_CODED_FRAMES, PACKET_CODED_FRAMES_X):
+            return KIND_TRACK_KEYFRAME
     else:
         if len(payload) < 5:
             return KIND_OTHER

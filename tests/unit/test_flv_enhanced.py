@@ -141,7 +141,8 @@ def test_multitrack_one_track():
     assert header.tracks == (flv.Track(1, b"hvc1", 7, 8),)    # byte 0, multitrack byte, FourCC, track id
     assert payload[7:] == b"\x00\x00\x00frame"
     # Track 1 alone is not where a GOP starts: the default track (0) decides.
-    assert flv.video_kind(payload) == flv.KIND_FRAME
+    assert flv.video_kind(payload) == flv.KIND_TRACK_KEYFRAME
+    assert flv.video_kind(multitrack(2, 1, 0, [(1, b"\x00\x00\x00p")])) == flv.KIND_FRAME
     assert flv.video_kind(multitrack(1, 1, 0, [(0, b"\x00\x00\x00k")])) == flv.KIND_KEYFRAME
 
 
@@ -270,7 +271,7 @@ def test_fuzz_headers_raise_only_flv_errors(data):
             for track in header.tracks:
                 assert 0 <= track.offset and track.offset + track.size <= len(payload)
         assert flv.video_kind(payload) in (flv.KIND_SEQUENCE_HEADER, flv.KIND_KEYFRAME, flv.KIND_FRAME,
-                                           flv.KIND_OTHER)
+                                           flv.KIND_TRACK_KEYFRAME, flv.KIND_OTHER)
         assert flv.is_audio_sequence_header(payload) in (True, False)
         assert isinstance(flv.sequence_header_slot(flv.TAG_VIDEO, payload), str)
         assert isinstance(flv.sequence_header_slot(flv.TAG_AUDIO, payload), str)
@@ -296,8 +297,9 @@ def reference_kind(payload) -> str:
         return flv.KIND_SEQUENCE_HEADER
     if header.packet_type in (1, 3):
         default = header.multitrack is None or any(t.track_id == 0 for t in header.tracks)
-        key = header.frame_type == 1 and header.codec is not None and default
-        return flv.KIND_KEYFRAME if key else flv.KIND_FRAME
+        if header.frame_type == 1 and header.codec is not None:
+            return flv.KIND_KEYFRAME if default else flv.KIND_TRACK_KEYFRAME
+        return flv.KIND_FRAME
     return flv.KIND_OTHER
 
 
@@ -391,8 +393,29 @@ def test_late_joiner_gets_every_tracks_sequence_header_then_starts_at_the_defaul
     messages = late_joiner_messages(source, fmt)
     media = [(t, p) for t, p in messages if t in (8, 9)]
     assert media[:3] == [(9, HEVC_SH), (8, OPUS_SH), (9, TRACK1_SH)], "both video tracks' headers, then audio"
-    assert media[3] == (9, HEVC_KEY), "the first media message after the headers is the keyframe"
-    assert (9, TRACK1_INTER) in media[4:]
+    # Track 1's keyframe came just before track 0's, at the same time: the GOP starts there, so the new
+    # player gets both tracks' keyframes; its first media message after the headers is a keyframe.
+    assert media[3:5] == [(9, TRACK1_KEY), (9, HEVC_KEY)]
+    assert (9, TRACK1_INTER) in media[5:]
+
+
+def test_gop_takes_in_other_tracks_keyframes_only_at_the_same_time_and_right_before():
+    source = make_source()
+    source.on_media(9, 0, HEVC_SH, 0.0)
+    source.on_media(9, 0, TRACK1_SH, 0.0)
+    source.on_media(9, 0, HEVC_KEY, 0.0)
+    source.on_media(9, 960, TRACK1_KEY, 0.0)       # an earlier time: not part of the next GOP
+    source.on_media(9, 1000, TRACK1_KEY, 0.0)      # then audio between: the walk stops at it
+    source.on_media(8, 1000, OPUS_FRAME, 0.0)
+    source.on_media(9, 1000, HEVC_KEY, 0.0)
+    first = source.packets[source.gop_start_seq - source.base_seq]
+    assert first.payload == HEVC_KEY and source.gop_frames == 1
+    source.on_media(9, 2000, TRACK1_KEY, 0.0)
+    source.on_media(9, 2000, TRACK1_KEY, 0.0)
+    source.on_media(9, 2000, HEVC_KEY, 0.0)
+    first = source.packets[source.gop_start_seq - source.base_seq]
+    assert (first.payload, first.timestamp) == (TRACK1_KEY, source.packets[-1].timestamp)
+    assert source.gop_frames == 3
 
 
 def test_codec_info_for_hevc_and_opus_and_frames_count_only_pictures():
