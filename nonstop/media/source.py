@@ -189,6 +189,12 @@ class Source:
         self.info.audio_codec = flv.audio_codec(payload)
         self.info.audio = flv.parse_audio_sequence_header(payload)
 
+    def cached_header(self, type_id: int, payload: bytes) -> Packet | None:
+        """The sequence header this header message would replace (same media, same tracks), or None."""
+        media = "video" if type_id == MSG_VIDEO else "audio"
+        slot = flv.sequence_header_slot(type_id, payload)
+        return self.track_sh.get(f"{media}:{slot}") if slot else getattr(self, f"{media}_sh")
+
     def _on_track_header(self, media: str, packet: Packet) -> bool:
         """Keep a sequence header in its slot: the default track's in video_sh/audio_sh, a multitrack
         message's in track_sh. True when it was a multitrack one."""

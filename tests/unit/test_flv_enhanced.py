@@ -484,3 +484,21 @@ def test_connect_answers_enhanced_rtmp_capabilities_to_an_enhanced_client():
 def test_connect_answer_to_a_legacy_client_is_unchanged():
     props = connect().properties
     assert props == {"fmsVer": rtmp.FMS_VERSION, "capabilities": 127.0, "mode": 1.0}
+
+
+# ----- an edge's resync with multitrack headers ---------------------------------------------------------
+def test_edge_reconnect_to_a_multitrack_stream_compares_each_tracks_header_with_its_own():
+    from tests.unit.test_cluster_resync import Edge
+    headers = [(9, 0, HEVC_SH), (9, 0, TRACK1_SH), (8, 0, OPUS_SH)]
+    messages = []
+    for i in range(60):
+        key = i % 10 == 0
+        tag = i.to_bytes(2, "big")
+        messages.append((9, i * 100, ex_video(1 if key else 2, 1, b"hvc1", b"\x00\x00\x00" + tag)))
+        messages.append((9, i * 100, multitrack(1 if key else 2, 1, 0, [(1, b"\x00\x00\x00" + tag)])))
+        messages.append((8, i * 100 + 50, ex_audio(1, b"Opus", tag)))
+    edge = Edge()
+    edge.session(headers + messages[:100])
+    # The origin's answer to the new session: the headers again, then its GOP (from the keyframe at 30).
+    edge.session(headers + messages[90:])
+    assert edge.frames() == [p for _, _, p in messages], "no repeat and nothing lost across the reconnect"
