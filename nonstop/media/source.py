@@ -135,6 +135,8 @@ class Source:
             elif kind != flv.KIND_OTHER:   # end of sequence, commands, video metadata are not frames
                 self.frames += 1
                 keyframe = kind == flv.KIND_KEYFRAME
+                if keyframe and self.info.video is not None and not self.info.video.get("width"):
+                    self._size_from_keyframe(payload)
         elif type_id == MSG_AUDIO and flv.is_audio_sequence_header(payload):
             self._on_audio_header(payload)
         # onMetaData goes out at time 0: FFmpeg's FLV demuxer turns a metadata tag with a non-zero time into
@@ -188,6 +190,12 @@ class Source:
             return
         self.info.audio_codec = flv.audio_codec(payload)
         self.info.audio = flv.parse_audio_sequence_header(payload)
+
+    def _size_from_keyframe(self, payload: bytes) -> None:
+        # VP9's sequence header has no picture size: the API takes it from the first keyframe.
+        size = flv.keyframe_picture_size(payload)
+        if size is not None:
+            self.info.video = {**self.info.video, "width": size[0], "height": size[1]}
 
     def cached_header(self, type_id: int, payload: bytes) -> Packet | None:
         """The sequence header this header message would replace (same media, same tracks), or None."""

@@ -24,7 +24,7 @@ __all__ = [
     "audio_codec", "parse_avc_sequence_header", "parse_aac_sequence_header", "MediaHeader", "Track",
     "parse_video_header", "parse_audio_header", "video_kind", "sequence_header_slot",
     "parse_video_sequence_header", "parse_hevc_sequence_header", "parse_av1_sequence_header",
-    "parse_vp9_sequence_header", "parse_audio_sequence_header", "KIND_SEQUENCE_HEADER", "KIND_KEYFRAME", "KIND_FRAME", "KIND_TRACK_KEYFRAME",
+    "parse_vp9_sequence_header", "parse_audio_sequence_header", "keyframe_picture_size", "KIND_SEQUENCE_HEADER", "KIND_KEYFRAME", "KIND_FRAME", "KIND_TRACK_KEYFRAME",
     "KIND_OTHER",
 ]
 
@@ -997,7 +997,8 @@ VP9_RECORD_SIZE = 8          # profile, level, bitDepth/chroma/range, primaries,
 
 def parse_vp9_sequence_header(payload) -> dict | None:
     """Profile and level of a VP9 sequence header (Enhanced RTMP vp09 SequenceStart), from its
-    VPCodecConfigurationRecord; the record carries no picture size (width and height are 0).
+    VPCodecConfigurationRecord; the record carries no picture size (width and height are 0 until
+    keyframe_picture_size reads a keyframe).
     None when malformed; never raises."""
     record = _config_record(payload, "VP9")
     if record is None:
@@ -1069,6 +1070,43 @@ def parse_aac_sequence_header(payload: bytes) -> dict | None:
         return {"profile": AAC_PROFILES.get(aot, f"AOT{aot}"), "sample_rate": sample_rate,
                 "channel": AAC_CHANNELS[channel_config]}
     except (_Garbage, IndexError, ValueError):
+        return None
+
+
+VP9_FRAME_MARKER = 2
+VP9_SYNC_CODE = 0x498342
+VP9_CS_RGB = 7
+
+
+def keyframe_picture_size(payload) -> tuple[int, int] | None:
+    """(width, height) of a keyframe for codecs whose sequence header has no picture size: VP9, from the
+    keyframe's uncompressed header (VP9 bitstream spec 6.2). None otherwise; never raises."""
+    try:
+        header = _video_header(payload)
+        if header is None or not header.tracks or VIDEO_FOURCCS.get(header.tracks[0].fourcc) != "VP9":
+            return None
+        track = header.tracks[0]
+        bits = _Bits(bytes(payload[track.offset:track.offset + min(track.size, 16)]))
+        if bits.u(2) != VP9_FRAME_MARKER:
+            return None
+        profile = bits.u(1) | bits.u(1) << 1
+        if profile == 3:
+            bits.u(1)                  # reserved_zero
+        if bits.u(1) or bits.u(1):     # show_existing_frame; frame_type 1 is a non-key frame
+            return None
+        bits.u(2)                      # show_frame, error_resilient_mode
+        if bits.u(24) != VP9_SYNC_CODE:
+            return None
+        if profile >= 2:
+            bits.u(1)                  # ten_or_twelve_bit
+        if bits.u(3) != VP9_CS_RGB:    # color_space
+            bits.u(1)                  # color_range
+            if profile in (1, 3):
+                bits.u(3)              # subsampling_x, subsampling_y, reserved_zero
+        elif profile in (1, 3):
+            bits.u(1)                  # reserved_zero
+        return bits.u(16) + 1, bits.u(16) + 1
+    except _Garbage:
         return None
 
 

@@ -1,5 +1,5 @@
 """End to end with an Enhanced RTMP client: ffmpeg 9 (the imageio-ffmpeg wheel, in the test extras) publishes
-HEVC and AV1 (and two HEVC video tracks: E-RTMP multitrack), then plays them back over RTMP and HTTP-FLV and
+HEVC, AV1 and VP9 (and two HEVC video tracks: E-RTMP multitrack), then plays them back over RTMP and HTTP-FLV and
 decodes them; a raw client checks that a late joiner starts at a keyframe; the API names the codecs as SRS does.
 
 Debian's ffmpeg 5.1 cannot publish these codecs over RTMP, so every client here is ffmpeg 9. Each test is
@@ -31,6 +31,7 @@ ENCODERS = {
              "-x265-params", f"log-level=none:keyint={GOP}:min-keyint={GOP}:bframes=0:pools=1:frame-threads=1"],
     "av1": ["-c:v", "libaom-av1", "-usage", "realtime", "-cpu-used", "8", "-g", str(GOP), "-threads", "1",
             "-row-mt", "0"],
+    "vp9": ["-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-g", str(GOP), "-threads", "1"],
 }
 
 
@@ -55,7 +56,7 @@ def publish(ffmpeg: str, url: str, codec: str, second_track: bool = False) -> su
     if second_track:
         args += ["-map", "1:v"]
     args += ["-map", f"{2 if second_track else 1}:a", *ENCODERS[codec], "-pix_fmt", "yuv420p",
-             "-c:a", "libopus", "-b:a", "32k", "-rtmp_enhanced_codecs", "hvc1,av01,Opus", "-f", "flv", url]
+             "-c:a", "libopus", "-b:a", "32k", "-rtmp_enhanced_codecs", "hvc1,av01,vp09,Opus", "-f", "flv", url]
     return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -93,13 +94,20 @@ def decode(ffmpeg: str, url: str, seconds: float) -> dict[str, int]:
     return frames
 
 
-@pytest.mark.parametrize("codec, name, level", [("hevc", "HEVC", "1"), ("av1", "AV1", "2.0")])
-def test_publish_play_decode_and_codec_in_the_api(server, ffmpeg9, codec, name, level):
+@pytest.mark.parametrize("codec, name, profile, level", [
+    ("hevc", "HEVC", "Main", "1"), ("av1", "AV1", "Main", "2.0"),
+    ("vp9", "VP9", "Profile0", "1"),   # VP9's size comes from its first keyframe
+])
+def test_publish_play_decode_and_codec_in_the_api(server, ffmpeg9, codec, name, profile, level):
     started = time.monotonic()
     publisher = publish(ffmpeg9, server.rtmp_url(), codec)
     try:
-        stream = wait_live(server, publisher)
-        assert stream["video"] == {"codec": name, "profile": "Main", "level": level, "width": 160, "height": 120}
+        wait_live(server, publisher)
+        def sized():
+            return next((s for s in api(server.api_port, "/api/v1/streams/")["streams"] if s["video"]["width"]),
+                        None)
+        stream = wait_for(sized, 5, interval=0.1, what="the picture size")
+        assert stream["video"] == {"codec": name, "profile": profile, "level": level, "width": 160, "height": 120}
         assert stream["audio"]["codec"] == "Opus" and stream["audio"]["sample_rate"] == 48000
         metrics = api(server.api_port, "/metrics")
         assert f'nonstop_stream_codecs{{codec="{name}",media="video"}} 1.0' in metrics

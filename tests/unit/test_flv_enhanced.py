@@ -238,6 +238,20 @@ def test_vp9_sequence_header_has_profile_and_level_but_no_size():
         "profile": "Profile0", "level": "2.1", "width": 0, "height": 0}
 
 
+VP9_KEYFRAME_640X360 = ex_video(1, 1, b"vp09", bytes.fromhex("824983420027f016760638241c184a1005c85f"))
+
+
+def test_vp9_picture_size_from_its_keyframe():
+    assert flv.keyframe_picture_size(VP9_KEYFRAME_640X360) == (640, 360)
+    assert flv.keyframe_picture_size(ex_video(2, 1, b"vp09", bytes.fromhex("86000000"))) is None  # inter frame
+    assert flv.keyframe_picture_size(ex_video(1, 1, b"hvc1", b"\x00" * 16)) is None
+    source = make_source()
+    source.on_media(9, 0, ex_video(1, 0, b"vp09", VP9_RECORD), 0.0)
+    assert source.info.video["width"] == 0
+    source.on_media(9, 0, VP9_KEYFRAME_640X360, 0.0)
+    assert source.info.video == {"profile": "Profile0", "level": "2.1", "width": 640, "height": 360}
+
+
 def test_h264_over_enhanced_rtmp_avc1():
     record = AVC_HEADER[5:]
     assert flv.parse_video_sequence_header(ex_video(1, 0, b"avc1", record)) == \
@@ -275,6 +289,8 @@ def test_fuzz_headers_raise_only_flv_errors(data):
         assert flv.is_audio_sequence_header(payload) in (True, False)
         assert isinstance(flv.sequence_header_slot(flv.TAG_VIDEO, payload), str)
         assert isinstance(flv.sequence_header_slot(flv.TAG_AUDIO, payload), str)
+        size = flv.keyframe_picture_size(b"\x91vp09" + data)
+        assert size is None or (size[0] >= 1 and size[1] >= 1)
         for parse in (flv.parse_video_sequence_header, flv.parse_audio_sequence_header):
             result = parse(payload)
             assert result is None or isinstance(result, dict)
