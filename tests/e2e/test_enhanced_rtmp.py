@@ -177,3 +177,46 @@ def test_multitrack_reaches_rtmp_and_http_flv_late_joiners(server, ffmpeg9):
             assert decoded.get("audio", 0) >= 50, f"{url}: {decoded}"
     finally:
         stop_proc(publisher)
+
+
+HOSTILE_VIDEO = [
+    bytes([0x86, 0x10]) + b"hvc1" + b"\x00\x00\xff\xff",   # multitrack ManyTracks: a track size past the end
+    bytes([0x86, 0x31]) + b"hvc1",                        # reserved AvMultitrackType
+    bytes([0x87, 0xff, 0xff]),                            # ModEx with a 16-bit size and nothing after it
+    bytes([0x8f]) + b"hvc1",                              # reserved VideoPacketType
+    bytes([0x80]),                                        # an enhanced header cut after its first byte
+]
+
+
+def test_hostile_enhanced_headers_are_relayed_without_harm(server):
+    """Malformed E-RTMP headers are not frames: the server neither fails nor starts a GOP at them, and a
+    player that joins later gets the real sequence header and keyframe first."""
+    record = bytes.fromhex("0102200000009000000000005df000fcfdfafa00000f03")   # any bytes: relayed as such
+    sequence_start = bytes([0x90]) + b"hvc1" + record
+    keyframe = bytes([0x91]) + b"hvc1" + b"\x00\x00\x00KEY"
+
+    async def scenario():
+        publisher = await RtmpTestClient().open(server.rtmp_port)
+        try:
+            status = await publisher.publish("hostile")
+            assert status.code == "NetStream.Publish.Start"
+            for i, payload in enumerate(HOSTILE_VIDEO):
+                publisher.send_media(9, i, payload)
+            publisher.send_media(8, 5, bytes([0x95, 0x7f]))  # audio multitrack with a reserved type
+            publisher.send_media(9, 10, sequence_start)
+            publisher.send_media(9, 20, keyframe)
+            for i, payload in enumerate(HOSTILE_VIDEO):
+                publisher.send_media(9, 30 + i, payload)
+            await publisher.drain()
+            wait_for(lambda: "hostile" in str(api(server.api_port, "/api/v1/streams/")), 5, what="the stream")
+            media = await first_media(server.rtmp_port, "hostile", 2 + len(HOSTILE_VIDEO))
+            stream = api(server.api_port, "/api/v1/streams/")["streams"][0]
+        finally:
+            await publisher.close()
+        return media, stream
+
+    media, stream = asyncio.run(scenario())
+    assert [m.payload for m in media[:2]] == [sequence_start, keyframe]
+    assert [m.payload for m in media[2:]] == HOSTILE_VIDEO, "relayed unchanged after the keyframe"
+    assert stream["frames"] == 1, "malformed headers are not counted as frames"
+    assert server.proc.poll() is None and "Traceback" not in server.log()

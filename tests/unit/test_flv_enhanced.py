@@ -518,3 +518,34 @@ def test_edge_reconnect_to_a_multitrack_stream_compares_each_tracks_header_with_
     # The origin's answer to the new session: the headers again, then its GOP (from the keyframe at 30).
     edge.session(headers + messages[90:])
     assert edge.frames() == [p for _, _, p in messages], "no repeat and nothing lost across the reconnect"
+
+
+# ----- the late joiner's invariant under any message sequence --------------------------------------------
+any_video = st.one_of(
+    st.sampled_from([HEVC_SH, HEVC_KEY, HEVC_INTER, TRACK1_SH, TRACK1_KEY, TRACK1_INTER, VIDEO_METADATA,
+                     ex_video(1, 2, b"hvc1"), AVC_HEADER, bytes([0x17, 1, 0, 0, 0, 9]), bytes([0x27, 1, 0, 0, 0, 9]),
+                     VP9_KEYFRAME_640X360]),
+    st.binary(max_size=12))
+any_audio = st.one_of(st.sampled_from([OPUS_SH, OPUS_FRAME, AAC_HEADER]), st.binary(max_size=8))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([8, 9]), st.integers(0, 40), st.data()), max_size=60), st.booleans())
+def test_fuzz_a_late_joiner_always_starts_at_a_keyframe(steps, flv_out):
+    source = make_source()
+    ts = 0
+    for type_id, step, data in steps:
+        ts += step
+        payload = data.draw(any_video if type_id == 9 else any_audio)
+        source.on_media(type_id, ts, payload, 0.0)     # never raises, whatever the bytes
+    header_count = len(late_joiner_messages(source, FORMAT_FLV if flv_out else rtmp_format(60000)))
+    sink = FakeSink()
+    Consumer(source, rtmp_format(60000), sink).start(0.0)
+    messages = [(m.type_id, m.payload) for m in ChunkReader(chunk_size=60000).feed(sink.transport.data())]
+    assert len(messages) == header_count
+    headers = 1 if source.metadata else 0
+    headers += sum(p is not None for p in (source.video_sh, source.audio_sh)) + len(source.track_sh)
+    pictures = [flv.video_kind(p) for t, p in messages[headers:] if t == 9
+                and flv.video_kind(p) in (flv.KIND_KEYFRAME, flv.KIND_FRAME, flv.KIND_TRACK_KEYFRAME)]
+    if source.gop_start_seq and pictures:
+        assert pictures[0] in (flv.KIND_KEYFRAME, flv.KIND_TRACK_KEYFRAME), pictures
