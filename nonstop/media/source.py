@@ -22,6 +22,9 @@ TRIM_EVERY_PACKETS = 512
 # Even with no keyframe and no player, never keep more than this many packets (audio-only at 50 msg/s: 80 s).
 MAX_LOG_PACKETS = 4096
 SNAPSHOT_VERSION = 1
+# E-RTMP multitrack sequence headers kept per source (one per track set): track ids are a byte, and a
+# publisher could name endless sets; past this many the oldest goes (bounded memory and handover frames).
+MAX_TRACK_HEADERS = 16
 
 
 class StreamInfo:
@@ -213,6 +216,8 @@ class Source:
         key = f"{media}:{slot}"
         self.track_sh.pop(key, None)   # re-inserted last: a new player gets the newest configuration last
         self.track_sh[key] = packet
+        while len(self.track_sh) > MAX_TRACK_HEADERS:
+            del self.track_sh[next(iter(self.track_sh))]
         return True
 
     def _on_keyframe(self, packet: Packet) -> None:

@@ -467,6 +467,14 @@ def test_multitrack_sequence_headers_survive_snapshot_and_restore_and_go_at_unpu
     assert source.track_sh == {} and source.video_sh is None
 
 
+def test_track_headers_are_bounded_the_oldest_goes():
+    from nonstop.media.source import MAX_TRACK_HEADERS
+    source = make_source()
+    for track_id in range(1, 200):
+        source.on_media(9, 0, multitrack(1, 0, 0, [(track_id, AV1_RECORD_640X360)], fourcc=b"av01"), 0.0)
+    assert list(source.track_sh) == [f"video:tracks:{i}" for i in range(200 - MAX_TRACK_HEADERS, 200)]
+
+
 def test_a_newer_track_header_replaces_the_older_and_goes_last():
     source = make_source()
     publish_multitrack_gops(source, gops=1)
