@@ -164,6 +164,7 @@ def forget_stream(source) -> None:
     """Drop the stream's header state and GOP, as an unpublish does, without telling the players: the next
     publisher (a local one replacing an edge pull) brings its own."""
     source.metadata = source.video_sh = source.audio_sh = None
+    source.track_sh = {}
     discontinuity(source)
 
 
