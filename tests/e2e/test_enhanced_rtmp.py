@@ -140,8 +140,22 @@ async def first_media(port: int, stream: str, count: int) -> list[rtmp.Media]:
         await client.close()
 
 
+def first_flv_tags(url: str, count: int) -> list[flv.FlvTag]:
+    """The first `count` audio/video tags of an HTTP-FLV play, read with our FlvReader."""
+    reader = flv.FlvReader()
+    tags: list[flv.FlvTag] = []
+    with urllib.request.urlopen(url, timeout=10) as response:
+        while len(tags) < count:
+            data = response.read1(65536)
+            assert data, "the HTTP-FLV response ended"
+            tags += [t for t in reader.feed(data) if t.tag_type in (flv.TAG_AUDIO, flv.TAG_VIDEO)]
+    return tags
+
+
 @pytest.mark.parametrize("codec", ["hevc", "av1"])
 def test_late_joiner_starts_at_a_keyframe(server, ffmpeg9, codec):
+    """RTMP (a raw client on nonstop's client RtmpSession) and HTTP-FLV (our FlvReader): after the sequence
+    headers, the first picture is a keyframe, from the GOP cache."""
     publisher = publish(ffmpeg9, server.rtmp_url(), codec)
     try:
         wait_live(server, publisher)
@@ -149,8 +163,13 @@ def test_late_joiner_starts_at_a_keyframe(server, ffmpeg9, codec):
         frames = lambda: api(server.api_port, "/api/v1/streams/")["streams"][0]["frames"]  # noqa: E731
         wait_for(lambda: frames() >= GOP + GOP // 2, 15, interval=0.1, what="a GOP and a half")
         media = asyncio.run(first_media(server.rtmp_port, "livestream", 12))
+        flv_tags = first_flv_tags(server.flv_url(), 12)
     finally:
         stop_proc(publisher)
+    flv_video = [t.payload for t in flv_tags if t.tag_type == flv.TAG_VIDEO]
+    flv_kinds = [flv.video_kind(p) for p in flv_video]
+    flv_pictures = [k for k in flv_kinds if k in (flv.KIND_KEYFRAME, flv.KIND_FRAME)]
+    assert flv_kinds[0] == flv.KIND_SEQUENCE_HEADER and flv_pictures[0] == flv.KIND_KEYFRAME, flv_kinds
     video = [m for m in media if m.type_id == 9]
     kinds = [flv.video_kind(m.payload) for m in video]
     assert kinds[0] == flv.KIND_SEQUENCE_HEADER, kinds
