@@ -614,10 +614,12 @@ def audio_codec(payload) -> str | None:
 def _config_record(payload, codec: str) -> bytes | None:
     """The configuration record of a video sequence header for `codec` (its first such track)."""
     header = _video_header(payload)
-    if header is None or not header.enhanced and header.packet_type != AVC_SEQUENCE_HEADER:
+    if header is None:
         return None
     if not header.enhanced:
-        return bytes(payload[AVC_RECORD_OFFSET:]) if header.codec == codec else None
+        if header.packet_type != AVC_SEQUENCE_HEADER or header.codec != codec:
+            return None
+        return bytes(payload[AVC_RECORD_OFFSET:])
     if header.packet_type != PACKET_SEQUENCE_START:
         return None
     for track in header.tracks:

@@ -86,7 +86,8 @@ MIN_WINDOW_ACK_SIZE = 1024
 # _result's properties object, what the server does with each codec. nonstop relays every codec's bytes
 # unchanged (it decodes none): fourCcList names the FourCCs whose headers it reads (keyframes, sequence
 # headers, codec info), and the info maps say CanForward for every codec ("*").
-ERTMP_FOURCC_LIST = ("av01", "vp09", "vp08", "hvc1", "avc1", "ac-3", "ec-3", "Opus", ".mp3", "fLaC", "mp4a")
+ERTMP_FOURCC_LIST = ("av01", "vp09", "vp08", "hvc1", "avc1", "vvc1", "ac-3", "ec-3", "Opus", ".mp3", "fLaC",
+                     "mp4a")
 ERTMP_CONNECT_KEYS = ("fourCcList", "videoFourCcInfoMap", "audioFourCcInfoMap", "capsEx")
 FOURCC_CAN_FORWARD = 0x04          # FourCcInfoMask: CanDecode 0x01, CanEncode 0x02, CanForward 0x04
 CAPS_EX_MULTITRACK = 0x02          # CapsExMask: Reconnect 0x01 (we never ask a client to reconnect),
