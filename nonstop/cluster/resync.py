@@ -61,10 +61,10 @@ class Resync:
     def _admit(self, source, type_id: int, timestamp: int, payload: bytes) -> bool:
         if type_id == MSG_DATA_AMF0:
             return SKIP if self.mode != GATE and same_metadata(source, payload) else PASS
-        if type_id == MSG_VIDEO and flv.is_video_sequence_header(payload):
-            return self._header(source, source.video_sh, payload)
-        if type_id == MSG_AUDIO and flv.is_audio_sequence_header(payload):
-            return self._header(source, source.audio_sh, payload)
+        if type_id == MSG_VIDEO and flv.is_video_sequence_header(payload) or \
+                type_id == MSG_AUDIO and flv.is_audio_sequence_header(payload):
+            # Compared with the cached header of the same tracks (E-RTMP multitrack keeps one per track).
+            return self._header(source, source.cached_header(type_id, payload), payload)
         keyframe = type_id == MSG_VIDEO and flv.is_video_keyframe(payload)
         if self.mode == GATE:
             if keyframe:
@@ -164,6 +164,7 @@ def forget_stream(source) -> None:
     """Drop the stream's header state and GOP, as an unpublish does, without telling the players: the next
     publisher (a local one replacing an edge pull) brings its own."""
     source.metadata = source.video_sh = source.audio_sh = None
+    source.track_sh = {}
     discontinuity(source)
 
 

@@ -22,6 +22,9 @@ TRIM_EVERY_PACKETS = 512
 # Even with no keyframe and no player, never keep more than this many packets (audio-only at 50 msg/s: 80 s).
 MAX_LOG_PACKETS = 4096
 SNAPSHOT_VERSION = 1
+# E-RTMP multitrack sequence headers kept per source (one per track set): track ids are a byte, and a
+# publisher could name endless sets; past this many the oldest goes (bounded memory and handover frames).
+MAX_TRACK_HEADERS = 16
 
 
 class StreamInfo:
@@ -68,6 +71,9 @@ class Source:
         self.metadata: Packet | None = None
         self.video_sh: Packet | None = None
         self.audio_sh: Packet | None = None
+        # Enhanced RTMP multitrack: the sequence headers of the other tracks, by 'video:tracks:1' etc.
+        # (flv.sequence_header_slot), in the order they last came; sent to new players after the two above.
+        self.track_sh: dict[str, Packet] = {}
         self.info = StreamInfo()
         # Who is here.
         self.publisher = None        # the publishing connection, or None
@@ -103,6 +109,7 @@ class Source:
         """The publisher left: drop the stream's header state (a new publisher brings its own)."""
         self.publisher = None
         self.metadata = self.video_sh = self.audio_sh = None
+        self.track_sh = {}
         self.gop_start_seq = 0
         self.gop_frames = 0
         self.flush(now)
@@ -123,12 +130,16 @@ class Source:
             is_metadata = self.metadata is not None and payload is self.metadata.payload
         keyframe = header = False
         if type_id == MSG_VIDEO:
-            if flv.is_video_sequence_header(payload):
+            # One reading of the header (legacy or Enhanced RTMP, any codec, multitrack) in flv.video_kind.
+            kind = flv.video_kind(payload)
+            if kind == flv.KIND_SEQUENCE_HEADER:
                 header = True
                 self._on_video_header(payload)
-            else:
+            elif kind != flv.KIND_OTHER:   # end of sequence, commands, video metadata are not frames
                 self.frames += 1
-                keyframe = flv.is_video_keyframe(payload)
+                keyframe = kind == flv.KIND_KEYFRAME
+                if keyframe and self.info.video is not None and not self.info.video.get("width"):
+                    self._size_from_keyframe(payload)
         elif type_id == MSG_AUDIO and flv.is_audio_sequence_header(payload):
             self._on_audio_header(payload)
         # onMetaData goes out at time 0: FFmpeg's FLV demuxer turns a metadata tag with a non-zero time into
@@ -170,20 +181,61 @@ class Source:
         return payload
 
     def _on_video_header(self, payload: bytes) -> None:
-        self.video_sh = Packet(0, MSG_VIDEO, 0, payload)
+        packet = Packet(0, MSG_VIDEO, 0, payload)
+        if self._on_track_header("video", packet) and self.info.video_codec is not None:
+            return  # the API shows the default track's codec
         self.info.video_codec = flv.video_codec(payload)
-        if self.info.video_codec == "H264":
-            self.info.video = flv.parse_avc_sequence_header(payload)
+        self.info.video = flv.parse_video_sequence_header(payload)
 
     def _on_audio_header(self, payload: bytes) -> None:
-        self.audio_sh = Packet(0, MSG_AUDIO, 0, payload)
+        packet = Packet(0, MSG_AUDIO, 0, payload)
+        if self._on_track_header("audio", packet) and self.info.audio_codec is not None:
+            return
         self.info.audio_codec = flv.audio_codec(payload)
-        self.info.audio = flv.parse_aac_sequence_header(payload)
+        self.info.audio = flv.parse_audio_sequence_header(payload)
+
+    def _size_from_keyframe(self, payload: bytes) -> None:
+        # VP9's sequence header has no picture size: the API takes it from the first keyframe.
+        size = flv.keyframe_picture_size(payload)
+        if size is not None:
+            self.info.video = {**self.info.video, "width": size[0], "height": size[1]}
+
+    def cached_header(self, type_id: int, payload: bytes) -> Packet | None:
+        """The sequence header this header message would replace (same media, same tracks), or None."""
+        media = "video" if type_id == MSG_VIDEO else "audio"
+        slot = flv.sequence_header_slot(type_id, payload)
+        return self.track_sh.get(f"{media}:{slot}") if slot else getattr(self, f"{media}_sh")
+
+    def _on_track_header(self, media: str, packet: Packet) -> bool:
+        """Keep a sequence header in its slot: the default track's in video_sh/audio_sh, a multitrack
+        message's in track_sh. True when it was a multitrack one."""
+        slot = flv.sequence_header_slot(packet.type_id, packet.payload)
+        if not slot:
+            setattr(self, f"{media}_sh", packet)
+            return False
+        key = f"{media}:{slot}"
+        self.track_sh.pop(key, None)   # re-inserted last: a new player gets the newest configuration last
+        self.track_sh[key] = packet
+        while len(self.track_sh) > MAX_TRACK_HEADERS:
+            del self.track_sh[next(iter(self.track_sh))]
+        return True
 
     def _on_keyframe(self, packet: Packet) -> None:
         if self.gop_cache:
             self.gop_start_seq = packet.seq
             self.gop_frames = 1
+            # E-RTMP multitrack: keyframes of the other tracks sent just before this one, at the same time,
+            # belong to its GOP. The GOP still starts at a keyframe (the first of them), and a new player
+            # gets every track's keyframe, whatever order the publisher sent them in.
+            index = len(self.packets) - 2      # the packet before this one
+            while index >= 0:
+                before = self.packets[index]
+                if (before.type_id != MSG_VIDEO or before.timestamp != packet.timestamp
+                        or flv.video_kind(before.payload) != flv.KIND_TRACK_KEYFRAME):
+                    break
+                self.gop_start_seq = before.seq
+                self.gop_frames += 1
+                index -= 1
         self.trim()
 
     def _append(self, packet: Packet) -> None:
@@ -219,7 +271,7 @@ class Source:
         out = []
         if self.metadata is not None:
             out.append(encode_packet(fmt, MSG_DATA_AMF0, 0, self.metadata.payload))
-        for packet in (self.video_sh, self.audio_sh):
+        for packet in (self.video_sh, self.audio_sh, *self.track_sh.values()):
             if packet is not None:
                 out.append(encode_packet(fmt, packet.type_id, now_ts, packet.payload))
         return out
@@ -316,6 +368,7 @@ class Source:
             "metadata": None if self.metadata is None else self.metadata.snapshot(),
             "video_sh": None if self.video_sh is None else self.video_sh.snapshot(),
             "audio_sh": None if self.audio_sh is None else self.audio_sh.snapshot(),
+            "track_sh": [[key, packet.snapshot()] for key, packet in self.track_sh.items()],
             "info": {"video_codec": self.info.video_codec, "audio_codec": self.info.audio_codec,
                      "video": self.info.video, "audio": self.info.audio},
             "frames": self.frames, "recv_bytes": self.recv_bytes,
@@ -336,6 +389,7 @@ class Source:
         for name in ("metadata", "video_sh", "audio_sh"):
             value = snap[name]
             setattr(self, name, None if value is None else Packet.restore(value))
+        self.track_sh = {key: Packet.restore(value) for key, value in snap.get("track_sh", [])}
         info = snap["info"]
         self.info.video_codec, self.info.audio_codec = info["video_codec"], info["audio_codec"]
         self.info.video, self.info.audio = info["video"], info["audio"]

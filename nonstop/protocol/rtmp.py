@@ -81,6 +81,29 @@ CLIENT_FLASH_VERSION = "FMLE/3.0 (compatible; nonstop)"
 # A window below this would make us acknowledge every few bytes: refuse it as a protocol error.
 MIN_WINDOW_ACK_SIZE = 1024
 
+# Enhanced RTMP's connect (veovera enhanced-rtmp v2, "Enhancing NetConnection connect Command"): a client that
+# declares E-RTMP (fourCcList, [audio|video]FourCcInfoMap or capsEx in its command object) is told, in the
+# _result's properties object, what the server does with each codec. nonstop relays every codec's bytes
+# unchanged (it decodes none): fourCcList names the FourCCs whose headers it reads (keyframes, sequence
+# headers, codec info), and the info maps say CanForward for every codec ("*").
+ERTMP_FOURCC_LIST = ("av01", "vp09", "vp08", "hvc1", "avc1", "vvc1", "ac-3", "ec-3", "Opus", ".mp3", "fLaC",
+                     "mp4a")
+ERTMP_CONNECT_KEYS = ("fourCcList", "videoFourCcInfoMap", "audioFourCcInfoMap", "capsEx")
+FOURCC_CAN_FORWARD = 0x04          # FourCcInfoMask: CanDecode 0x01, CanEncode 0x02, CanForward 0x04
+CAPS_EX_MULTITRACK = 0x02          # CapsExMask: Reconnect 0x01 (we never ask a client to reconnect),
+CAPS_EX_MODEX = 0x04               # Multitrack 0x02, ModEx 0x04, TimestampNanoOffset 0x08 (passed, not used)
+
+
+def enhanced_connect_properties(command_object: dict) -> dict:
+    """The E-RTMP properties of our connect _result, or {} for a client that did not declare E-RTMP (its
+    answer stays byte for byte what legacy clients always got)."""
+    if not isinstance(command_object, dict) or not any(k in command_object for k in ERTMP_CONNECT_KEYS):
+        return {}
+    return {"fourCcList": list(ERTMP_FOURCC_LIST),
+            "videoFourCcInfoMap": {"*": float(FOURCC_CAN_FORWARD)},
+            "audioFourCcInfoMap": {"*": float(FOURCC_CAN_FORWARD)},
+            "capsEx": float(CAPS_EX_MULTITRACK | CAPS_EX_MODEX)}
+
 
 class RtmpError(ProtocolError):
     """The peer broke the RTMP rules (bad command, bad control message, wrong state)."""
@@ -155,6 +178,7 @@ class Media:
 @dataclass(slots=True)
 class Connected:
     info: dict
+    properties: dict = field(default_factory=dict)   # the _result's first object (fmsVer, E-RTMP caps)
 
 
 @dataclass(slots=True)
@@ -448,8 +472,9 @@ class RtmpSession:
         self._send_control(MSG_SET_PEER_BANDWIDTH, struct.pack(">IB", PEER_BANDWIDTH, PEER_BANDWIDTH_DYNAMIC))
         self.set_out_chunk_size(self.out_chunk_size)
         data = {"version": __version__, "server": SERVER_NAME, **self.server_info}
-        self._send_command(CSID_CONNECTION, 0, "_result", request.transaction_id,
-                           {"fmsVer": FMS_VERSION, "capabilities": 127.0, "mode": 1.0},
+        properties = {"fmsVer": FMS_VERSION, "capabilities": 127.0, "mode": 1.0}
+        properties.update(enhanced_connect_properties(request.command_object))
+        self._send_command(CSID_CONNECTION, 0, "_result", request.transaction_id, properties,
                            {"level": "status", "code": "NetConnection.Connect.Success",
                             "description": "Connection succeeded", "objectEncoding": self.object_encoding,
                             "data": amf0.EcmaArray(data)})
@@ -568,7 +593,8 @@ class RtmpSession:
             if kind == "connect":
                 if name == "_result":
                     self.state = CONNECTED
-                    events.append(Connected(info))
+                    properties = values[2] if len(values) > 2 and isinstance(values[2], dict) else {}
+                    events.append(Connected(info, dict(properties)))
                 else:
                     events.append(ConnectRejected(info, _redirect_of(info)))
             elif kind == "createStream":
