@@ -24,6 +24,9 @@ from nonstop.server.rtmp_conn import RtmpConnection
 FLUSH_TICK_S = 0.05
 # Deadlines (handshake, publisher timeouts) and idle sources are checked once a second.
 SWEEP_EVERY_S = 1.0
+# A tick this late means the process did not run (SIGSTOP, a VM pause, a swapped-out page storm): the sockets
+# hold data nobody has read yet, so the sweep waits for the loop to poll them once before judging anyone idle.
+LATE_TICK_S = 0.5
 
 LISTENER_RTMP = "rtmp"
 LISTENER_HTTP = "http"
@@ -132,6 +135,7 @@ class Worker:
         return self.registry.fetch_or_create(
             vhost.name, app, stream, now,
             gop_cache=play.gop_cache, gop_cache_max_frames=play.gop_cache_max_frames,
+            gop_cache_max_bytes=play.gop_cache_max_bytes,
             queue_length_ms=int(play.queue_length * 1000), time_jitter=play.time_jitter,
             mw_latency_ms=play.mw_latency, mw_msgs=play.mw_msgs, min_latency=vhost.min_latency)
 
@@ -146,15 +150,25 @@ class Worker:
 
     async def _tick(self) -> None:
         next_sweep = time.monotonic() + SWEEP_EVERY_S
+        last = time.monotonic()
         while True:
             await asyncio.sleep(FLUSH_TICK_S)
             now = time.monotonic()
+            late = now - last - FLUSH_TICK_S
+            last = now
             try:
                 for source in list(self.registry.sources.values()):
                     if source.consumers and source.has_unflushed() and \
                             (now - source.flushed_at) * 1000 >= source.mw_latency_ms:
                         source.flush(now)
-                if now >= next_sweep:
+                if late > LATE_TICK_S:
+                    # Read before judging: this timer may have fired before the I/O that piled up during the
+                    # stall was polled. The next tick comes after at least one poll of every socket (and a
+                    # publisher's unread bytes also spare it in check_deadline).
+                    log.warn("tick", f"the worker did not run for {late:.1f}s; deadline checks wait for the "
+                                     f"pending input to be read")
+                    next_sweep = max(next_sweep, now + FLUSH_TICK_S)
+                elif now >= next_sweep:
                     next_sweep = now + SWEEP_EVERY_S
                     self.sweep(now)
             except Exception as e:  # the tick must never die: log it and go on
