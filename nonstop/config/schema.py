@@ -116,8 +116,9 @@ class Config:
     force_grace_quit: bool = False
     handshake_timeout: int = 10000      # ms, new: handshake + connect must finish within it
     # ms, new: a connected client must publish or play within it. SRS closes such a client after its receive
-    # timeout (SRS_CONSTS_RTMP_TIMEOUT, 30 s without a message); ours is a total, so chatter does not extend it.
-    identify_timeout: int = 30000
+    # timeout (SRS_CONSTS_RTMP_TIMEOUT, 30 s without a message); ours is a total, so chatter does not extend it,
+    # and twice SRS's figure so that a client SRS would keep for merely pausing between commands stays too.
+    identify_timeout: int = 60000
     master_process: bool = True         # new, nginx's name: off runs one process, without upgrades
     reuse_port: bool = False            # new: SO_REUSEPORT on the listeners
     upgrade_timeout: int = 30000        # ms, new: how long an upgrade may take before it is abandoned
