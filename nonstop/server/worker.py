@@ -151,6 +151,7 @@ class Worker:
     async def _tick(self) -> None:
         next_sweep = time.monotonic() + SWEEP_EVERY_S
         last = time.monotonic()
+        deferred = False
         while True:
             await asyncio.sleep(FLUSH_TICK_S)
             now = time.monotonic()
@@ -161,16 +162,19 @@ class Worker:
                     if source.consumers and source.has_unflushed() and \
                             (now - source.flushed_at) * 1000 >= source.mw_latency_ms:
                         source.flush(now)
-                if late > LATE_TICK_S:
-                    # Read before judging: this timer may have fired before the I/O that piled up during the
-                    # stall was polled. The next tick comes after at least one poll of every socket (and a
-                    # publisher's unread bytes also spare it in check_deadline).
-                    log.warn("tick", f"the worker did not run for {late:.1f}s; deadline checks wait for the "
-                                     f"pending input to be read")
-                    next_sweep = max(next_sweep, now + FLUSH_TICK_S)
-                elif now >= next_sweep:
-                    next_sweep = now + SWEEP_EVERY_S
-                    self.sweep(now)
+                if now >= next_sweep:
+                    if late > LATE_TICK_S and not deferred:
+                        # Read before judging: this timer may have fired before the I/O that piled up during
+                        # the stall was polled. The next tick comes after at least one poll of every socket (and
+                        # a publisher's unread bytes also spare it in check_deadline). Deferred once only, so
+                        # a loop that is late at every tick (overload) still sweeps.
+                        deferred = True
+                        log.warn("tick", f"the worker did not run for {late:.1f}s; deadline checks wait for the "
+                                         f"pending input to be read")
+                    else:
+                        deferred = False
+                        next_sweep = now + SWEEP_EVERY_S
+                        self.sweep(now)
             except Exception as e:  # the tick must never die: log it and go on
                 log.error("tick", f"tick failed: {e!r}")
 
