@@ -26,9 +26,6 @@ ROLE_PUBLISH = "publish"
 ROLE_PLAY = "play"
 # SRS waits up to 3 s after a refusal or redirect before closing, so the client can read it.
 CLOSE_AFTER_REFUSAL_S = 3.0
-# Replies a client that has not published or played yet may leave unread in our write buffer. Its own bytes
-# are capped (rtmp.MAX_BYTES_BEFORE_IDENTIFIED); this caps what they make us answer (pings, commands).
-MAX_UNREAD_BEFORE_IDENTIFIED = 64 * 1024
 
 
 class RtmpConnection(asyncio.Protocol):
@@ -89,10 +86,6 @@ class RtmpConnection(asyncio.Protocol):
             return
         self._flush_session()
         if self.closed:
-            return
-        if self.role == ROLE_NONE and self.transport.get_write_buffer_size() > MAX_UNREAD_BEFORE_IDENTIFIED:
-            self.close(f"protocol error: more than {MAX_UNREAD_BEFORE_IDENTIFIED} bytes of replies left unread "
-                       f"before publishing or playing")
             return
         if self.session.input_pending and not self.handing_over and self.transport.is_reading():
             # Reading paused here is ours to resume; one paused by someone else (a refusal, the cluster, a

@@ -387,3 +387,4 @@ def _frames(api_port: int, name: str) -> int:
     with urllib.request.urlopen(f"http://127.0.0.1:{api_port}/api/v1/streams/", timeout=5) as r:
         streams = json.loads(r.read())["streams"]
     return next((s["frames"] for s in streams if s["name"] == name), 0)
+
