@@ -333,3 +333,21 @@ def test_byte_counts_survive_snapshot_and_restore():
         (500_000, source.log_bytes, source.gop_bytes)
     snap = source.snapshot()
     assert "gop_cache_max_bytes" not in snap["config"], "an older build's Source() would refuse the key"
+
+
+# ----- the directives --------------------------------------------------------------------------------------------
+
+def test_identify_timeout_and_gop_cache_max_bytes_directives():
+    from nonstop.config import ConfigError, load_text
+    config = load_text("listen 1935;\nvhost __defaultVhost__ { }\n", "nonstop.conf", env={})
+    assert config.identify_timeout == 60000
+    assert config.vhosts["__defaultVhost__"].play.gop_cache_max_bytes == 32 << 20
+    config = load_text("listen 1935;\nidentify_timeout 1500;\nvhost v { play { gop_cache_max_bytes 1000000; } }\n",
+                       "nonstop.conf", env={"NONSTOP_IDENTIFY_TIMEOUT": "2500"})
+    assert config.identify_timeout == 2500      # the environment overrides the file, as for every directive
+    assert config.vhosts["v"].play.gop_cache_max_bytes == 1_000_000
+    for text, message in (("identify_timeout 0;\n", "nonstop.conf:2: identify_timeout: expected a positive integer"),
+                          ("vhost v {\nplay { gop_cache_max_bytes 0; }\n}\n",
+                           "nonstop.conf:3: play.gop_cache_max_bytes: expected a positive integer")):
+        with pytest.raises(ConfigError, match=message):
+            load_text("listen 1935;\n" + text, "nonstop.conf", env={})
