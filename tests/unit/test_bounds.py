@@ -351,3 +351,99 @@ def test_identify_timeout_and_gop_cache_max_bytes_directives():
                            "nonstop.conf:3: play.gop_cache_max_bytes: expected a positive integer")):
         with pytest.raises(ConfigError, match=message):
             load_text("listen 1935;\n" + text, "nonstop.conf", env={})
+
+
+# ----- the shell: RtmpConnection's deadlines and per-read budget --------------------------------------------------
+
+class FakeTransport:
+    def __init__(self):
+        self.data = b""
+        self.closed = False
+        self.reading = True
+        self.pauses = 0
+
+    def get_extra_info(self, name, default=None):
+        return ("127.0.0.1", 50000) if name == "peername" else default
+
+    def write(self, data):
+        self.data += data
+
+    def writelines(self, chunks):
+        self.data += b"".join(chunks)
+
+    def is_closing(self):
+        return self.closed
+
+    def close(self):
+        self.closed = True
+
+    def get_write_buffer_size(self):
+        return 0
+
+    def is_reading(self):
+        return self.reading
+
+    def pause_reading(self):
+        self.reading = False
+        self.pauses += 1
+
+    def resume_reading(self):
+        self.reading = True
+
+
+def shell_connected(config_text: str = "listen 1935;\nidentify_timeout 2000;\nvhost __defaultVhost__ { }\n"):
+    from nonstop.config import load_text
+    from nonstop.server.rtmp_conn import RtmpConnection
+    from nonstop.server.worker import Worker
+    worker = Worker(load_text(config_text, "nonstop.conf", env={}))
+    conn, transport = RtmpConnection(worker), FakeTransport()
+    conn.connection_made(transport)
+    client = ClientHandshake()
+    conn.data_received(client.initial_bytes())
+    conn.data_received(client.receive_data(transport.data))
+    transport.data = b""
+    conn.data_received(connect_bytes())
+    assert b"NetConnection.Connect.Success" in transport.data
+    return worker, conn, transport
+
+
+def test_a_connected_client_has_until_identify_timeout_to_publish_or_play():
+    import time
+    _, conn, transport = shell_connected()
+    now = time.monotonic()
+    conn.check_deadline(now + 1.5)
+    assert not conn.closed
+    conn.check_deadline(now + 2.1)
+    assert conn.closed and transport.closed
+
+
+def test_play_lifts_the_identify_deadline_and_stopping_rearms_it():
+    import time
+    _, conn, transport = shell_connected()
+    conn.data_received(command("createStream", 2.0) + command("play", 3.0, "s", stream_id=1))
+    assert conn.role == "play" and conn.deadline is None
+    now = time.monotonic()
+    conn.check_deadline(now + 100)
+    assert not conn.closed, "a player is identified: no identify deadline"
+    conn.data_received(command("closeStream", 4.0, stream_id=1))
+    assert conn.role == ""
+    conn.check_deadline(now + 100)          # re-armed from here
+    assert not conn.closed and conn.deadline == pytest.approx(now + 102)
+    conn.check_deadline(now + 102.1)
+    assert conn.closed
+
+
+def test_one_read_is_parsed_a_budget_at_a_time_with_reading_paused_between():
+    import asyncio
+
+    async def run():
+        _, conn, transport = shell_connected()
+        conn.data_received(command("createStream", 2.0) + command("publish", 3.0, "s", stream_id=1))
+        assert conn.role == "publish"
+        conn.data_received(audio_messages(3000))
+        assert transport.pauses == 1 and not transport.reading and conn.source.recv_bytes == 1024 * 10
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert transport.reading and conn.source.recv_bytes == 3000 * 10
+        assert not conn.session.input_pending
+    asyncio.run(run())
