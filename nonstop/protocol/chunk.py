@@ -132,7 +132,7 @@ class ChunkReader:
         # True when the last feed() stopped at its chunk budget: complete chunks may wait in the buffer, and
         # feed(b"") parses on (the shell calls it on a later turn of its loop).
         self.input_pending = False
-        self._buffer = bytearray()  # the start of an incomplete chunk
+        self._buffer = bytearray()  # unparsed: the start of an incomplete chunk (more when input_pending)
         self._streams: dict[int, _ChunkStream] = {}
         self._partial_bytes = 0
         # The timestamp of the latest message on any chunk stream: a chunk stream's first type 0 header is
