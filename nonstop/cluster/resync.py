@@ -157,6 +157,7 @@ def discontinuity(source) -> None:
     stale frames) and restart the input timeline (time_jitter carries the output on, +10 ms)."""
     source.gop_start_seq = 0
     source.gop_frames = 0
+    source.gop_bytes = 0
     source.jitter.on_new_publisher()
 
 

@@ -58,6 +58,9 @@ class HttpRemux:
 class Play:
     gop_cache: bool = True
     gop_cache_max_frames: int = 2500
+    # New: SRS bounds the GOP cache in frames only, so 2500 frames of 256 KB pin 600 MB. Past this many bytes
+    # of messages since the keyframe, the cache is cleared as at the frame bound (README: Configuration).
+    gop_cache_max_bytes: int = 32 << 20
     queue_length: float = 30.0          # seconds
     time_jitter: str = "full"           # full | zero | off
     mw_latency: int = 350               # ms
@@ -116,6 +119,10 @@ class Config:
     grace_max_wait: int = 0             # ms, new: bounds the drain; 0 = no bound, as in SRS
     force_grace_quit: bool = False
     handshake_timeout: int = 10000      # ms, new: handshake + connect must finish within it
+    # ms, new: a connected client must publish or play within it. SRS closes such a client after its receive
+    # timeout (SRS_CONSTS_RTMP_TIMEOUT, 30 s without a message); ours is a total, so chatter does not extend it,
+    # and twice SRS's figure so that a client SRS would keep for merely pausing between commands stays too.
+    identify_timeout: int = 60000
     master_process: bool = True         # new, nginx's name: off runs one process, without upgrades
     reuse_port: bool = False            # new: SO_REUSEPORT on the listeners
     upgrade_timeout: int = 30000        # ms, new: how long an upgrade may take before it is abandoned
@@ -186,6 +193,7 @@ VHOST = Block("vhost", Vhost, {
         "gop_cache": Leaf("gop_cache", on_off),
         # SRS takes 0 as "no cap"; nonstop keeps every cache bounded, so the cap must be real.
         "gop_cache_max_frames": Leaf("gop_cache_max_frames", integer(1)),
+        "gop_cache_max_bytes": Leaf("gop_cache_max_bytes", integer(1)),
         "queue_length": Leaf("queue_length", positive_seconds),
         "time_jitter": Leaf("time_jitter", one_of("full", "zero", "off")),
         "mw_latency": Leaf("mw_latency", _ms),
@@ -226,6 +234,7 @@ ROOT = Block("", lambda: Config(path="", listen=[]), {
     "grace_max_wait": Leaf("grace_max_wait", _ms),
     "force_grace_quit": Leaf("force_grace_quit", on_off),
     "handshake_timeout": Leaf("handshake_timeout", _ms_positive),
+    "identify_timeout": Leaf("identify_timeout", _ms_positive),
     "master_process": Leaf("master_process", on_off),
     "reuse_port": Leaf("reuse_port", on_off),
     "upgrade_timeout": Leaf("upgrade_timeout", _ms_positive),

@@ -21,6 +21,12 @@ from nonstop.protocol.rtmp import MSG_AUDIO, MSG_DATA_AMF0, MSG_VIDEO
 TRIM_EVERY_PACKETS = 512
 # Even with no keyframe and no player, never keep more than this many packets (audio-only at 50 msg/s: 80 s).
 MAX_LOG_PACKETS = 4096
+# The log's payload bytes are bounded too, at this many times gop_cache_max_bytes: the GOP cache plus as much
+# again for players behind it. A player whose position falls out of the log is cut back to the GOP (as when
+# it is queue_length behind). So one publisher makes a source hold at most 2 x gop_cache_max_bytes of payload,
+# plus one encoded copy of it per output format in use while it has players (README: Operations).
+LOG_BYTES_PER_GOP_BYTES = 2
+DEFAULT_GOP_CACHE_MAX_BYTES = 32 << 20
 SNAPSHOT_VERSION = 1
 # E-RTMP multitrack sequence headers kept per source (one per track set): track ids are a byte, and a
 # publisher could name endless sets; past this many the oldest goes (bounded memory and handover frames).
@@ -45,7 +51,8 @@ class Source:
 
     def __init__(self, key: str, vhost: str, app: str, stream: str, *, gop_cache: bool = True,
                  gop_cache_max_frames: int = 2500, queue_length_ms: int = 30000, time_jitter: str = "full",
-                 mw_latency_ms: int = 350, mw_msgs: int = 8, min_latency: bool = False, source_id: str = ""):
+                 mw_latency_ms: int = 350, mw_msgs: int = 8, min_latency: bool = False, source_id: str = "",
+                 gop_cache_max_bytes: int = DEFAULT_GOP_CACHE_MAX_BYTES):
         self.key = key
         self.vhost = vhost
         self.app = app
@@ -53,6 +60,7 @@ class Source:
         self.id = source_id
         self.gop_cache = gop_cache
         self.gop_cache_max_frames = gop_cache_max_frames
+        self.gop_cache_max_bytes = gop_cache_max_bytes
         self.queue_length_ms = queue_length_ms
         self.mw_latency_ms = mw_latency_ms
         self.mw_msgs = mw_msgs
@@ -66,6 +74,9 @@ class Source:
         self.sizes: dict[str, list[int]] = {}    # running byte totals, parallel to encodings
         self.gop_start_seq = 0       # seq of the latest keyframe in the log, 0 when there is no GOP cache
         self.gop_frames = 0
+        self.gop_bytes = 0           # payload bytes of the log from gop_start_seq on (0 with no GOP cache)
+        self.log_bytes = 0           # payload bytes of the whole log: sum(len(p.payload) for p in packets)
+        self.gop_cache_cleared = 0   # times a bound (frames or bytes) cleared the GOP cache, for tests and logs
         self.since_trim = 0
         # The stream's header state, sent to each new player before the GOP.
         self.metadata: Packet | None = None
@@ -112,6 +123,7 @@ class Source:
         self.track_sh = {}
         self.gop_start_seq = 0
         self.gop_frames = 0
+        self.gop_bytes = 0
         self.flush(now)
         for consumer in list(self.consumers):
             consumer.on_source_unpublish()
@@ -148,16 +160,22 @@ class Source:
         packet = Packet(self.next_seq, type_id, timestamp, payload, keyframe)
         self.next_seq += 1
         self._append(packet)
-        if type_id == MSG_VIDEO and not header:
-            if keyframe:
-                self._on_keyframe(packet)
-            elif self.gop_start_seq:
+        if keyframe:
+            self._on_keyframe(packet)
+        elif self.gop_start_seq:
+            self.gop_bytes += len(payload)
+            if type_id == MSG_VIDEO and not header:
                 self.gop_frames += 1
-                if self.gop_frames > self.gop_cache_max_frames:
-                    # SRS clears the GOP cache when it grows past the cap; new players wait for a keyframe.
-                    self.gop_start_seq = 0
+            if self.gop_frames > self.gop_cache_max_frames or self.gop_bytes > self.gop_cache_max_bytes:
+                # SRS clears the GOP cache when it grows past its frame cap, and so do we past the byte cap:
+                # the cache holds a whole GOP from its keyframe or nothing, so a new player still starts at a
+                # keyframe (the next one). Players already here keep their place: trim() keeps their positions.
+                self.gop_start_seq = 0
+                self.gop_frames = self.gop_bytes = 0
+                self.gop_cache_cleared += 1
+                self.trim()
         self.since_trim += 1
-        if self.since_trim >= TRIM_EVERY_PACKETS:
+        if self.since_trim >= TRIM_EVERY_PACKETS or self.log_bytes > self.max_log_bytes:
             self.trim()
         if self.min_latency or (packet.seq - self.flushed_seq >= self.mw_msgs
                                 and timestamp - self.flushed_ts >= self.mw_latency_ms):
@@ -224,6 +242,7 @@ class Source:
         if self.gop_cache:
             self.gop_start_seq = packet.seq
             self.gop_frames = 1
+            self.gop_bytes = len(packet.payload)
             # E-RTMP multitrack: keyframes of the other tracks sent just before this one, at the same time,
             # belong to its GOP. The GOP still starts at a keyframe (the first of them), and a new player
             # gets every track's keyframe, whatever order the publisher sent them in.
@@ -235,11 +254,17 @@ class Source:
                     break
                 self.gop_start_seq = before.seq
                 self.gop_frames += 1
+                self.gop_bytes += len(before.payload)
                 index -= 1
         self.trim()
 
+    @property
+    def max_log_bytes(self) -> int:
+        return LOG_BYTES_PER_GOP_BYTES * self.gop_cache_max_bytes
+
     def _append(self, packet: Packet) -> None:
         self.packets.append(packet)
+        self.log_bytes += len(packet.payload)
         for fmt, encoded in self.encodings.items():
             data = encode_packet(fmt, packet.type_id, packet.timestamp, packet.payload)
             encoded.append(data)
@@ -307,8 +332,19 @@ class Source:
                 and self.packets[first].seq < (self.gop_start_seq or self.next_seq):
             first += 1
         first = max(first, len(self.packets) - MAX_LOG_PACKETS)
+        # Nothing beyond the byte bound either (the GOP alone never exceeds it: on_media clears a GOP that
+        # grows past gop_cache_max_bytes, half the bound), however few seconds the bytes span.
+        first = max(first, 0)
+        dropped = sum(len(p.payload) for p in self.packets[:first])
+        while self.log_bytes - dropped > self.max_log_bytes and first < len(self.packets):
+            dropped += len(self.packets[first].payload)
+            first += 1
         if first <= 0:
             return
+        if self.gop_start_seq and self.gop_start_seq < self.base_seq + first:
+            self.gop_start_seq = 0      # (cannot happen while gop_bytes <= gop_cache_max_bytes; kept safe)
+            self.gop_frames = self.gop_bytes = 0
+        self.log_bytes -= dropped
         del self.packets[:first]
         for fmt in self.encodings:
             del self.encodings[fmt][:first]
@@ -365,6 +401,8 @@ class Source:
             "packets": [p.snapshot() for p in self.packets],
             "base_seq": self.base_seq, "next_seq": self.next_seq,
             "gop_start_seq": self.gop_start_seq, "gop_frames": self.gop_frames,
+            # Outside "config": an older build passes "config" to Source() and would refuse an unknown key.
+            "gop_cache_max_bytes": self.gop_cache_max_bytes,
             "metadata": None if self.metadata is None else self.metadata.snapshot(),
             "video_sh": None if self.video_sh is None else self.video_sh.snapshot(),
             "audio_sh": None if self.audio_sh is None else self.audio_sh.snapshot(),
@@ -386,6 +424,10 @@ class Source:
         self.packets = [Packet.restore(p) for p in snap["packets"]]
         self.base_seq, self.next_seq = snap["base_seq"], snap["next_seq"]
         self.gop_start_seq, self.gop_frames = snap["gop_start_seq"], snap["gop_frames"]
+        self.gop_cache_max_bytes = snap.get("gop_cache_max_bytes", DEFAULT_GOP_CACHE_MAX_BYTES)
+        self.log_bytes = sum(len(p.payload) for p in self.packets)
+        if self.gop_start_seq >= self.base_seq:
+            self.gop_bytes = sum(len(p.payload) for p in self.packets[self.gop_start_seq - self.base_seq:])
         for name in ("metadata", "video_sh", "audio_sh"):
             value = snap[name]
             setattr(self, name, None if value is None else Packet.restore(value))

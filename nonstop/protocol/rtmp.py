@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from nonstop import SERVER_NAME, __version__
 from nonstop.protocol import amf0
-from nonstop.protocol.chunk import ChunkReader, ChunkWriter, Message
+from nonstop.protocol.chunk import MAX_MESSAGE_SIZE, MAX_PARTIAL_BYTES, ChunkReader, ChunkWriter, Message
 from nonstop.protocol.errors import ProtocolError
 from nonstop.protocol.handshake import ClientHandshake, ServerHandshake
 
@@ -103,6 +103,25 @@ def enhanced_connect_properties(command_object: dict) -> dict:
             "videoFourCcInfoMap": {"*": float(FOURCC_CAN_FORWARD)},
             "audioFourCcInfoMap": {"*": float(FOURCC_CAN_FORWARD)},
             "capsEx": float(CAPS_EX_MULTITRACK | CAPS_EX_MODEX)}
+
+
+# What a server session lets a peer cost it (issue 10, items 3, 4 and 7). A client is *identified* once it is
+# publishing or playing; before that it is anybody on the internet who completed a TCP handshake.
+# - Set Chunk Size below SRS's minimum (SRS_CONSTS_RTMP_MIN_CHUNK_SIZE, the spec's initial size) is refused:
+#   no known client goes below 128, and 1-byte chunks turn every byte into a header parse.
+MIN_PEER_CHUNK_SIZE = 128
+# - Bytes a peer may send after the handshake before it is identified. connect, createStream and publish or
+#   play take 1-3 KB from ffmpeg, OBS and Flash; past this the peer is only making us work. It also bounds, by
+#   construction, what an unidentified client can make the reader hold (partials plus unparsed bytes).
+MAX_BYTES_BEFORE_IDENTIFIED = 64 * 1024
+# - Message size and partial-message bytes for a peer that is not publishing (a player only sends commands):
+#   a publisher gets the full caps (chunk.py) when its publish is accepted, since keyframes can be megabytes.
+MAX_MESSAGE_UNPUBLISHED = 32 * 1024
+MAX_PARTIAL_UNPUBLISHED = 32 * 1024
+# - Chunks parsed per receive_data() call. The rest waits in the reader (`input_pending`) for the shell to
+#   call receive_data(b"") on its loop's next turn, so one connection's read never holds the loop for more than
+#   about a millisecond of parsing (4 chunks of a 256 KiB read at chunk size 60000; 1024 chunks of 128 bytes).
+MAX_CHUNKS_PER_CALL = 1024
 
 
 class RtmpError(ProtocolError):
@@ -260,6 +279,12 @@ class RtmpSession:
         else:
             self.handshake = ClientHandshake(random_bytes=random_bytes)
         self.reader = ChunkReader()
+        if role == SERVER:
+            self.reader.min_chunk_size = MIN_PEER_CHUNK_SIZE
+            self.reader.max_message_size = MAX_MESSAGE_UNPUBLISHED
+            self.reader.max_partial_bytes = MAX_PARTIAL_UNPUBLISHED
+        # Server role: publishing or playing was accepted once; until then MAX_BYTES_BEFORE_IDENTIFIED applies.
+        self.identified = role == CLIENT
         self.writer = ChunkWriter()
         # The chunk size this session will announce and use for everything it sends once connected.
         self.out_chunk_size = out_chunk_size
@@ -311,7 +336,10 @@ class RtmpSession:
                     self._queued_after_handshake.clear()
                 if not data:
                     return []
-            messages = self.reader.feed(data)
+            if not self.identified and self.reader.bytes_received + len(data) > MAX_BYTES_BEFORE_IDENTIFIED:
+                raise RtmpError(f"more than {MAX_BYTES_BEFORE_IDENTIFIED} bytes sent before publishing or "
+                                f"playing")
+            messages = self.reader.feed(data, MAX_CHUNKS_PER_CALL if self.role == SERVER else None)
             events: list = []
             for message in messages:
                 self._handle_message(message, events)
@@ -328,6 +356,11 @@ class RtmpSession:
         out = b"".join(self._out)
         self._out.clear()
         return out
+
+    @property
+    def input_pending(self) -> bool:
+        """receive_data() stopped at its chunk budget: call receive_data(b"") again (on a later loop turn)."""
+        return self.reader.input_pending
 
     @property
     def handshake_done(self) -> bool:
@@ -493,6 +526,10 @@ class RtmpSession:
 
     def accept_publish(self, request: PublishRequest) -> None:
         self.publishing_stream_id = request.stream_id
+        self.identified = True
+        # A publisher's keyframes may be megabytes, interleaved with audio: the full caps from here on.
+        self.reader.max_message_size = MAX_MESSAGE_SIZE
+        self.reader.max_partial_bytes = MAX_PARTIAL_BYTES
         if request.fmle:
             self._send_command(CSID_STREAM, 0, "onFCPublish", 0.0, None,
                                {"code": "NetStream.Publish.Start", "description": "Started publishing stream."})
@@ -505,6 +542,7 @@ class RtmpSession:
     def accept_play(self, request: PlayRequest) -> None:
         """StreamBegin, Play.Reset, Play.Start, |RtmpSampleAccess (srs-reference.md §3). No Data.Start."""
         self.playing_stream_id = request.stream_id
+        self.identified = True
         self.send_stream_begin(request.stream_id)
         self.send_status(request.stream_id, "status", "NetStream.Play.Reset",
                          "Playing and resetting stream.")
@@ -658,6 +696,7 @@ class RtmpSession:
             "fmle_seen": self.fmle_seen,
             "publishing_stream_id": self.publishing_stream_id,
             "playing_stream_id": self.playing_stream_id,
+            "identified": self.identified,
             "next_transaction_id": self.next_transaction_id,
             "pending": {str(k): v for k, v in self.pending.items()},
         }
@@ -693,6 +732,9 @@ class RtmpSession:
         self.fmle_seen = snap["fmle_seen"]
         self.publishing_stream_id = snap["publishing_stream_id"]
         self.playing_stream_id = snap["playing_stream_id"]
+        # Absent from an older build's snapshot: a session publishing or playing there was identified.
+        self.identified = snap.get("identified", self.role == CLIENT or bool(self.publishing_stream_id
+                                                                              or self.playing_stream_id))
         self.next_transaction_id = snap["next_transaction_id"]
         self.pending = {int(k): v for k, v in snap["pending"].items()}
         return self

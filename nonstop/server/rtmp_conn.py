@@ -8,6 +8,9 @@ Deadlines are `time.monotonic()` values checked by the worker's one-second sweep
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import struct
+import termios
 import time
 
 from nonstop.cluster.urls import host_of_url
@@ -70,6 +73,9 @@ class RtmpConnection(asyncio.Protocol):
         self.worker.admit(self)
 
     def data_received(self, data: bytes) -> None:
+        """Feed the session, at most rtmp.MAX_CHUNKS_PER_CALL chunks per call. When bytes are left over, stop
+        reading and parse on at the loop's next turn (call_soon), so one client's read never holds the loop:
+        the other connections, the API and the tick run between two slices."""
         if self.closed:
             return
         try:
@@ -81,6 +87,20 @@ class RtmpConnection(asyncio.Protocol):
             self.close(f"protocol error: {e}")
             return
         self._flush_session()
+        if self.closed:
+            return
+        if self.session.input_pending and not self.handing_over and self.transport.is_reading():
+            # Reading paused here is ours to resume; one paused by someone else (a refusal, the cluster, a
+            # handover) stays paused, and the pending bytes wait in the session for the next read.
+            self.transport.pause_reading()
+            asyncio.get_running_loop().call_soon(self._read_pending)
+
+    def _read_pending(self) -> None:
+        """The next slice of bytes data_received() left in the session (see there)."""
+        if self.closed or self.handing_over or self.close_reason:
+            return
+        self.transport.resume_reading()
+        self.data_received(b"")
 
     def eof_received(self):
         self.close("client closed the connection")
@@ -148,7 +168,8 @@ class RtmpConnection(asyncio.Protocol):
         self.swf_url = _text(event.command_object.get("swfUrl"))
         self.session.out_chunk_size = vhost.chunk_size or self.worker.config.chunk_size
         self.session.accept_connect(event)
-        self.deadline = None
+        # Connected is not identified: publish or play must follow within identify_timeout (check_deadline).
+        self.deadline = time.monotonic() + self.worker.config.identify_timeout / 1000
         log.trace(self.cid, f"connect ip={self.ip}, vhost={vhost.name}, app={quote(event.app)}, "
                             f"tcUrl={quote(event.tc_url)}" + (f", query={quote(event.query)}" if event.query else ""))
 
@@ -190,6 +211,7 @@ class RtmpConnection(asyncio.Protocol):
         self.role = ROLE_PLAY
         self.source = source
         self.stream_id = event.stream_id
+        self.deadline = None    # identified: identify_timeout no longer applies
         self.session.accept_play(event)
         self._flush_session()
         self.consumer = Consumer(source, rtmp_format(self.session.out_chunk_size), self)
@@ -291,19 +313,42 @@ class RtmpConnection(asyncio.Protocol):
     # ----- deadlines and closing ---------------------------------------------------------------------------
 
     def check_deadline(self, now: float) -> None:
+        """Called by the worker's sweep. Nobody is judged idle while bytes from them wait unread in the socket
+        or in the session: after a stall of the worker (SIGSTOP, a VM pause), a publisher's data is there, we
+        just have not read it yet."""
         if self.closed:
             return
+        if self.role == ROLE_NONE and self.deadline is None and self.vhost is not None and not self.close_reason:
+            # Connected, and not (or no longer) publishing or playing: identify_timeout runs from now.
+            self.deadline = now + self.worker.config.identify_timeout / 1000
         if self.deadline is not None and now >= self.deadline:
             if self.role == ROLE_PUBLISH:
+                if self._input_waiting():
+                    return
                 self.close(f"publisher sent no media for {self.vhost.publish.firstpkt_timeout} ms")
             elif self.close_reason:
                 self.close(self.close_reason)
+            elif self.vhost is not None:
+                self.close(f"connected but neither published nor played within identify_timeout "
+                           f"{self.worker.config.identify_timeout} ms")
             else:
                 self.close(f"handshake and connect not done within {self.worker.config.handshake_timeout} ms")
             return
         if self.role == ROLE_PUBLISH and self.got_media:
-            if (now - self.last_media_at) * 1000 > self.vhost.publish.normal_timeout:
+            if (now - self.last_media_at) * 1000 > self.vhost.publish.normal_timeout and not self._input_waiting():
                 self.close(f"publisher idle for {self.vhost.publish.normal_timeout} ms")
+
+    def _input_waiting(self) -> bool:
+        """Bytes from the client not parsed yet: in the session (a read budget's leftover) or the socket."""
+        if self.session.input_pending:
+            return True
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is None:
+            return False
+        try:
+            return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0] > 0
+        except OSError:
+            return False
 
     def close_later(self, reason: str) -> None:
         """Refusals leave the client time to read the answer (SRS waits up to 3 s), then close."""

@@ -25,6 +25,9 @@ from nonstop.server.rtmp_conn import RtmpConnection
 FLUSH_TICK_S = 0.05
 # Deadlines (handshake, publisher timeouts) and idle sources are checked once a second.
 SWEEP_EVERY_S = 1.0
+# A tick this late means the process did not run (SIGSTOP, a VM pause, a swapped-out page storm): the sockets
+# hold data nobody has read yet, so the sweep waits for the loop to poll them once before judging anyone idle.
+LATE_TICK_S = 0.5
 
 
 class Worker:
@@ -129,6 +132,7 @@ class Worker:
         return self.registry.fetch_or_create(
             vhost.name, app, stream, now,
             gop_cache=play.gop_cache, gop_cache_max_frames=play.gop_cache_max_frames,
+            gop_cache_max_bytes=play.gop_cache_max_bytes,
             queue_length_ms=int(play.queue_length * 1000), time_jitter=play.time_jitter,
             mw_latency_ms=play.mw_latency, mw_msgs=play.mw_msgs, min_latency=vhost.min_latency)
 
@@ -143,17 +147,31 @@ class Worker:
 
     async def _tick(self) -> None:
         next_sweep = time.monotonic() + SWEEP_EVERY_S
+        last = time.monotonic()
+        deferred = False
         while True:
             await asyncio.sleep(FLUSH_TICK_S)
             now = time.monotonic()
+            late = now - last - FLUSH_TICK_S
+            last = now
             try:
                 for source in list(self.registry.sources.values()):
                     if source.consumers and source.has_unflushed() and \
                             (now - source.flushed_at) * 1000 >= source.mw_latency_ms:
                         source.flush(now)
                 if now >= next_sweep:
-                    next_sweep = now + SWEEP_EVERY_S
-                    self.sweep(now)
+                    if late > LATE_TICK_S and not deferred:
+                        # Read before judging: this timer may have fired before the I/O that piled up during
+                        # the stall was polled. The next tick comes after at least one poll of every socket (and
+                        # a publisher's unread bytes also spare it in check_deadline). Deferred once only, so
+                        # a loop that is late at every tick (overload) still sweeps.
+                        deferred = True
+                        log.warn("tick", f"the worker did not run for {late:.1f}s; deadline checks wait for the "
+                                         f"pending input to be read")
+                    else:
+                        deferred = False
+                        next_sweep = now + SWEEP_EVERY_S
+                        self.sweep(now)
             except Exception as e:  # the tick must never die: log it and go on
                 log.error("tick", f"tick failed: {e!r}")
 
