@@ -16,6 +16,7 @@ get 404.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import time
 
@@ -27,6 +28,7 @@ from nonstop.media.consumer import Consumer
 from nonstop.media.packet import FORMAT_FLV
 from nonstop.media.registry import new_id, source_key
 from nonstop.protocol import flv
+from nonstop.server import static
 
 # A request head larger than this is refused: an FLV GET is a few hundred bytes (h11 picks 16 KiB too).
 MAX_REQUEST_HEAD = 16 * 1024
@@ -154,6 +156,8 @@ class HttpConnection(asyncio.Protocol):
             return
         match = self.worker.match_flv(path) if method in ("GET", "HEAD") else None
         if match is None:
+            if method in ("GET", "HEAD") and self._static(method, parsed.path or b"/"):
+                return
             if self.worker.api_app_for(self.listener) is not None:
                 self._hand_to_api()
                 return
@@ -239,6 +243,18 @@ class HttpConnection(asyncio.Protocol):
     def kick(self, reason: str) -> None:
         log.warn(self.cid, f"kick: {reason}")
         self.close(reason)
+
+    def _static(self, method: str, raw_path: bytes) -> bool:
+        """A file from `http_server.dir` (nonstop/server/static.py), after the FLV mounts; the API's paths stay
+        the API's when it shares this port. True when answered."""
+        url_path = raw_path.decode("utf-8", "replace")
+        if self.worker.api_app_for(self.listener) is not None and static.is_api_path(url_path):
+            return False
+        root = self.worker.config.http_server.dir
+        if not root or not os.path.isdir(root):
+            return False
+        self.deadline = None        # the body may take longer than a request may
+        return static.serve(self, method, url_path, self.headers, root)
 
     # ----- plumbing ----------------------------------------------------------------------------------------
 
