@@ -57,6 +57,21 @@ def wanted(config) -> dict[str, Endpoint]:
     return out
 
 
+# The directive each kind of listener comes from, for the error when it cannot be bound.
+DIRECTIVE_OF = {RTMP: "listen", HTTP: "http_server.listen", API: "http_api.listen"}
+
+
+def bind_named(key: str, ep: Endpoint, config) -> socket.socket:
+    """bind_listener, whose OSError names the address and the directive it came from: `[Errno 98] Address
+    already in use: 0.0.0.0:1935 (listen in /etc/nonstop.conf)`."""
+    try:
+        return bind_listener(ep.host, ep.port, reuse_port=config.reuse_port)
+    except OSError as e:
+        directive = DIRECTIVE_OF.get(kind_of(key), key)
+        where = f" in {config.path}" if getattr(config, "path", "") else ""
+        raise OSError(e.errno, f"{e.strerror or e}: {ep} ({directive}{where})") from e
+
+
 def endpoint_matches(sock: socket.socket, ep: Endpoint) -> bool:
     """Is `sock` bound where `ep` says? A wildcard matches either family's wildcard: systemd's `ListenStream=1935`
     is a dual-stack [::]:1935, which serves what nonstop's `listen 1935` (0.0.0.0:1935) means."""
@@ -136,7 +151,7 @@ class ListenerSet:
                     self.sockets[key] = match[1]
                     log.trace("main", f"listen {key}: adopted from systemd ({match[0]}, fd {match[1].fileno()})")
                 else:
-                    self.sockets[key] = bind_listener(ep.host, ep.port, reuse_port=config.reuse_port)
+                    self.sockets[key] = bind_named(key, ep, config)
         except OSError:
             self.close_all()
             for _, sock in adopted:
@@ -164,7 +179,7 @@ class ListenerSet:
                     # Same address, another kind: the socket stays, only its meaning changes.
                     plan.add[key] = self.sockets[by_endpoint.pop(str(ep))]
                 else:
-                    sock = bind_listener(ep.host, ep.port, reuse_port=config.reuse_port)
+                    sock = bind_named(key, ep, config)
                     bound.append(sock)
                     plan.add[key] = sock
         except OSError:
