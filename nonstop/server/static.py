@@ -34,7 +34,8 @@ MIME_TYPES = {
     ".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif", ".ico": "image/x-icon",
     ".webp": "image/webp", ".wasm": "application/wasm", ".woff": "font/woff", ".woff2": "font/woff2",
     ".flv": "video/x-flv", ".mp4": "video/mp4", ".m4s": "video/iso.segment", ".ts": "video/MP2T",
-    ".m3u8": "application/vnd.apple.mpegurl", ".mp3": "audio/mpeg", ".aac": "audio/aac", ".swf": "application/x-shockwave-flash",
+    ".m3u8": "application/vnd.apple.mpegurl", ".mp3": "audio/mpeg", ".aac": "audio/aac",
+    ".swf": "application/x-shockwave-flash",
 }
 # A download reads BLOCK bytes at a time and waits (polling every UNSENT_POLL_S) while its transport holds
 # more than MAX_UNSENT unsent bytes.

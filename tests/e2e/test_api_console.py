@@ -55,7 +55,7 @@ def test_the_consoles_jsonp_kick_disconnects_with_the_auth_of_a_delete(test_flv)
             assert status == 200 and answer is not None and answer["code"] == 0, text
             player.wait(10)
             print(f"player exited {player.returncode} after the JSONP kick")
-            assert f"kick: kicked by the HTTP API" in server.log()
+            assert "kick: kicked by the HTTP API" in server.log()
             status, _, gone = jsonp(server, f"/api/v1/clients/{cid}?callback=cb", GOOD)
             assert gone == {"code": 2049}
         finally:
