@@ -30,8 +30,10 @@ $(TEST_STAMP): $(STAMP) pyproject.toml
 
 # Debian packages the end-to-end tests drive: ffmpeg/ffprobe as clients, nginx-rtmp as a peer server; for the
 # Kubernetes tests, kubectl (its `kustomize`; Debian's kubernetes-client only when no kubectl is installed) and
-# haproxy, which plays the Service in the rollout simulation.
-DEB_TEST_PACKAGES := ffmpeg nginx libnginx-mod-rtmp kubernetes-client haproxy
+# haproxy, which plays the Service in the rollout simulation; GStreamer (gst-launch-1.0 with rtmpsrc from
+# plugins-bad, flvdemux from plugins-good) as a third-party RTMP client.
+GST_PACKAGES := gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
+DEB_TEST_PACKAGES := ffmpeg nginx libnginx-mod-rtmp kubernetes-client haproxy $(GST_PACKAGES)
 
 test-deps: $(TEST_STAMP)
 	@missing=""; \
@@ -40,6 +42,7 @@ test-deps: $(TEST_STAMP)
 	test -f /usr/lib/nginx/modules/ngx_rtmp_module.so || missing="$$missing libnginx-mod-rtmp"; \
 	command -v kubectl >/dev/null || missing="$$missing kubernetes-client"; \
 	command -v haproxy >/dev/null || test -x /usr/sbin/haproxy || missing="$$missing haproxy"; \
+	command -v gst-launch-1.0 >/dev/null || missing="$$missing $(GST_PACKAGES)"; \
 	if [ -n "$$missing" ]; then apt-get update -q && $(APT_INSTALL) $$missing; fi
 
 # The manifests must also build with Debian's kubectl 1.20 (kustomize v2) when another kubectl is installed:

@@ -34,7 +34,7 @@ from aiohttp import web
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
 from nonstop import __version__
-from nonstop.api import procstat, views
+from nonstop.api import disk, procstat, views
 from nonstop.api.conns import KEEPALIVE_TIMEOUT_S, ApiConnections, aiohttp_logger
 from nonstop.api.metrics import is_ready, make_registry, worker_totals
 from nonstop.api.stats import SAMPLE_STEP_S, ApiStats, client_type
@@ -67,7 +67,18 @@ V1_URLS = {
     "vhosts": "all vhosts or one vhost",
     "streams": "all streams or one stream, ?start=&count= (default 10)",
     "clients": "all clients or one client, ?start=&count= (default 10); DELETE kicks one",
+    "raw": "the raw API (config over HTTP): disabled in nonstop, ?rpc=raw says so",
+    "clusters": "the origin cluster's question: does this origin publish ?vhost=&app=&stream=",
 }
+
+
+def jsonp_method(request: web.Request) -> str:
+    """The method a JSONP request stands for: SRS takes `?method=` (GET, PUT, POST, DELETE) when `callback`
+    is there, because a <script> tag can only GET. The auth middleware has already run for the request, so
+    a JSONP DELETE passes the same checks as a real one."""
+    if not request.query.get("callback"):
+        return request.method
+    return request.query.get("method", "").upper() or request.method
 
 
 def is_api_path(path: str) -> bool:
@@ -120,6 +131,7 @@ class ApiServer:
         self.stats = stats_of(worker)
         self.processes = procstat.ProcessWatch(master_pid_of(worker))
         self.system_cpu = procstat.SystemCpuMeter()
+        self.disk = disk.DiskRates()
         self.registry = make_registry(worker, self.processes)
         self.app = self._make_app()
         self.runner: web.AppRunner | None = None
@@ -238,6 +250,8 @@ class ApiServer:
                 add.add_get(path, one)
         for path in ("/api/v1/clients/{id}", "/api/v1/clients/{id}/"):
             add.add_delete(path, self.kick_client)
+        for path in ("/api/v1/raw", "/api/v1/raw/"):
+            add.add_get(path, self.raw)
         add.add_get("/metrics", self.metrics)
         add.add_get("/healthz", self.healthz)
         add.add_get("/readyz", self.readyz)
@@ -343,6 +357,8 @@ class ApiServer:
         return self.reply(request, views.envelope(self.ident(), clients=items))
 
     async def client(self, request: web.Request) -> web.Response:
+        if jsonp_method(request) == "DELETE":
+            return await self.kick_client(request)      # the SRS console's kick
         conn = self.stats.find_client(request.match_info["id"])
         if conn is None:
             return self.reply(request, views.error(views.ERROR_RTMP_CLIENT_NOT_FOUND))
@@ -354,6 +370,11 @@ class ApiServer:
             return self.reply(request, views.error(views.ERROR_RTMP_CLIENT_NOT_FOUND))
         conn.kick(f"kicked by the HTTP API (request from {request.remote})")
         return self.reply(request, views.envelope(self.ident()))
+
+    async def raw(self, request: web.Request) -> web.Response:
+        api = self.worker.config.http_api
+        return self.reply(request, views.raw_json(api_enabled=api.enabled, api_listen=str(api.listen),
+                                                  crossdomain=api.crossdomain, rpc=request.query.get("rpc", "")))
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
@@ -416,6 +437,7 @@ class ApiServer:
         now_ms = int(time.time() * 1000)
         system = {
             "cpu_percent": round(self.system_cpu.fraction, 4),
+            **self.disk.sample(time.monotonic()),
             "mem_ram_kbyte": mem_total_kb,
             "mem_ram_percent": round(1 - meminfo.get("MemAvailable", 0) / mem_total_kb, 4) if mem_total_kb else 0,
             "mem_swap_kbyte": swap_total,

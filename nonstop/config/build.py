@@ -181,11 +181,18 @@ class _Builder:
         if d.block is None:
             raise ConfigError(d.file, d.line, f"'{d.name}' needs a block: {d.name} {{ ... }}")
         # Every `enabled` counts, not only the first: a later `enabled on` must not slip through.
+        switched_off = False
         for child in d.block:
-            if child.name == "enabled" and self.value(child, _ENABLED, f"{d.name}.enabled"):
-                raise ConfigError(child.file, child.line, f"'{d.name}' is enabled, {refusal}")
-            if d.name == "refer" and child.name in REFER_RULES:
-                raise ConfigError(child.file, child.line, f"'refer' has '{child.name}' rules, {refusal}")
+            if child.name == "enabled":
+                if self.value(child, _ENABLED, f"{d.name}.enabled"):
+                    raise ConfigError(child.file, child.line, f"'{d.name}' is enabled, {refusal}")
+                switched_off = True
+        # Referer rules in a block that says `enabled off` are switched off, as in SRS; rules in a block that
+        # does not say so are refused (SRS 1/2 wrote rules alone and meant them).
+        for child in d.block:
+            if d.name == "refer" and child.name in REFER_RULES and not switched_off:
+                raise ConfigError(child.file, child.line, f"'refer' has '{child.name}' rules and no "
+                                                          f"'enabled off', {refusal}")
         _warn(self.warnings, d, f"'{d.name}' is an SRS directive nonstop does not support; ignored (it is off)")
 
     # ---- checks across directives ----

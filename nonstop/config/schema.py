@@ -52,6 +52,9 @@ class HttpServer:
 class HttpRemux:
     enabled: bool = False
     mount: str = "[vhost]/[app]/[stream].flv"
+    # New (SRS ends the response at unpublish): an HTTP-FLV player waits this long for a republish (a
+    # reconnecting OBS) and goes on with continuous timestamps; after it, the response ends. 0: end at once.
+    republish_window: int = 5000        # ms
 
 
 @dataclass
@@ -188,6 +191,7 @@ VHOST = Block("vhost", Vhost, {
     "http_remux": Block("http_remux", HttpRemux, {
         "enabled": Leaf("enabled", on_off),
         "mount": Leaf("mount", path_value),
+        "republish_window": Leaf("republish_window", _ms),
     }),
     "play": Block("play", Play, {
         "gop_cache": Leaf("gop_cache", on_off),

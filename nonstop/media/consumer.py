@@ -27,7 +27,7 @@ class Consumer:
     `on_source_unpublish()` and `on_source_publish()`."""
 
     __slots__ = ("source", "fmt", "sink", "position", "paused", "bytes_sent", "dropped", "cutbacks",
-                 "first_cutback_at", "behind_since", "closed")
+                 "first_cutback_at", "behind_since", "closed", "chunked")
 
     def __init__(self, source, fmt: str, sink):
         self.source = source
@@ -41,6 +41,9 @@ class Consumer:
         self.first_cutback_at = 0.0
         self.behind_since: float | None = None
         self.closed = False
+        # HTTP/1.1 chunked transfer coding: each flush is one chunk around the shared bytes (two small framing
+        # objects per flush, the tags themselves are still the shared ones).
+        self.chunked = False
 
     def start(self, now: float) -> None:
         """Join the source: headers at once, then the GOP from the latest keyframe, then live messages."""
@@ -49,9 +52,16 @@ class Consumer:
         self.position = source.start_position()
         headers = source.header_bytes(self.fmt, self.position)
         if headers:
-            self.sink.transport.writelines(headers)
-            self.bytes_sent += sum(len(h) for h in headers)
+            size = sum(len(h) for h in headers)
+            self._write(self.sink.transport, headers, size)
+            self.bytes_sent += size
         self.flush(now)
+
+    def _write(self, transport, parts: list, size: int) -> None:
+        if self.chunked:
+            transport.writelines([b"%x\r\n" % size, *parts, b"\r\n"])
+        else:
+            transport.writelines(parts)
 
     def attach(self, position: int) -> None:
         """Join the source at a known position (after a handover): nothing is resent, nothing skipped."""
@@ -83,8 +93,9 @@ class Consumer:
                 return
         encoded = source.encodings[self.fmt]
         sizes = source.sizes[self.fmt]
-        transport.writelines(encoded[start:])
-        self.bytes_sent += sizes[-1] - sizes[start]
+        size = sizes[-1] - sizes[start]
+        self._write(transport, encoded[start:], size)
+        self.bytes_sent += size
         self.position = head
 
     def _cut_back(self, now: float) -> bool:
@@ -117,9 +128,10 @@ class Consumer:
 
     def snapshot(self) -> dict:
         return {"fmt": self.fmt, "position": self.position, "paused": self.paused,
-                "bytes_sent": self.bytes_sent, "dropped": self.dropped}
+                "bytes_sent": self.bytes_sent, "dropped": self.dropped, "chunked": self.chunked}
 
     def restore_counters(self, snap: dict) -> None:
         self.paused = snap["paused"]
         self.bytes_sent = snap["bytes_sent"]
         self.dropped = snap["dropped"]
+        self.chunked = snap.get("chunked", False)

@@ -190,7 +190,13 @@ class Source:
         meta = amf0.metadata_object(values)
         if meta is None:
             return amf0.encode(*values) if values else None
-        meta = amf0.EcmaArray((k, v) for k, v in meta.items() if k != "duration")
+        # Players get an AMF0 Object, as SRS sends (SrsOnMetaDataPacket copies an ECMA array into an Object),
+        # whatever the publisher used. FFmpeg reads the two differently: in an ECMA array, an `audiocodecid`
+        # makes it wait for an audio stream, so a video-only stream that names one (nginx-rtmp's `push` sends
+        # `audiocodecid 0`) decodes nothing over RTMP; in an Object it is only a hint. The publisher's keys,
+        # codec ids of tracks not seen (yet) included, go through as SRS passes them: audio may still come,
+        # and the FLV header and the sequence headers, not the metadata, say which tracks there are.
+        meta = {k: v for k, v in meta.items() if k != "duration"}
         meta["server"] = SERVER_NAME
         meta["server_version"] = __version__
         self.info.metadata = dict(meta)

@@ -484,11 +484,17 @@ class RtmpSession:
                                  "Stream is now unpublished")
                 self.publishing_stream_id = 0
         elif name in ("deleteStream", "closeStream"):
+            # Answered as nginx-rtmp answers, on a connection that stays open: a publisher gets
+            # NetStream.Unpublish.Success, a player the StreamEOF user control. Clients that wait for the
+            # answer before they close (GStreamer's rtmpsrc, through librtmp) otherwise sit out their timeout.
             if self.publishing_stream_id:
                 events.append(Unpublish(self.publishing_stream_id))
+                self.send_status(self.publishing_stream_id, "status", "NetStream.Unpublish.Success",
+                                 "Stream is now unpublished")
                 self.publishing_stream_id = 0
             if self.playing_stream_id:
                 events.append(StopPlay(self.playing_stream_id))
+                self._send_control(MSG_USER_CONTROL, struct.pack(">HI", UC_STREAM_EOF, self.playing_stream_id))
                 self.playing_stream_id = 0
         elif name == "getStreamLength":
             self._send_command(CSID_CONNECTION, 0, "_result", tid, None, 0.0)

@@ -2,8 +2,12 @@
 
 `GET /live/s.flv` (per `http_remux.mount`) answers 200 `video/x-flv` with CORS, then the FLV header, the
 metadata, the sequence headers, the GOP and the live tags, from the same per-format bytes every other FLV player
-gets. The body runs until the connection closes (no Content-Length, no chunked framing), which srs-reference.md
-§7 allows and which lets the tags go out as shared bytes with no per-player framing.
+gets. An HTTP/1.1 body is chunked, as SRS sends it, one chunk per flush around the shared bytes, so its end is
+explicit; an HTTP/1.0 body runs until the connection closes (srs-reference.md §7 allows both).
+
+When the publisher leaves, a player waits `http_remux.republish_window` ms for the next one (a reconnecting
+encoder) and goes on with the source's continuous timeline; after the window, or at once during a graceful quit,
+the body ends cleanly (the chunked terminator, then close). RTMP players are told UnpublishNotify instead.
 
 Requests that are not FLV go to the API application when the API shares this port (set by the worker), else
 get 404.
@@ -12,6 +16,7 @@ get 404.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import time
 import urllib.parse
@@ -26,6 +31,7 @@ from nonstop.media.registry import new_id, source_key
 from nonstop.protocol import flv
 from nonstop.server.names import name_problem
 from nonstop.reset import reset
+from nonstop.server import static
 
 # A request head larger than this is refused: an FLV GET is a few hundred bytes (h11 picks 16 KiB too).
 MAX_REQUEST_HEAD = 16 * 1024
@@ -177,6 +183,8 @@ class HttpConnection(asyncio.Protocol):
             return
         match = self.worker.match_flv(path)
         if match is None:
+            if method in ("GET", "HEAD") and self._static(method, parsed.path or b"/"):
+                return
             if self.worker.api_app_for(self.listener) is not None:
                 self._hand_to_api()
                 return
@@ -213,8 +221,10 @@ class HttpConnection(asyncio.Protocol):
             log.trace(self.cid, f"flv play {quote(source_key(vhost.name, app, stream))}: not published, 404")
             self._respond(404, "Not Found")
             return
+        chunked = self.parser.get_http_version() != "1.0"
         head = ("HTTP/1.1 200 OK\r\n"
                 "Content-Type: video/x-flv\r\n"
+                + ("Transfer-Encoding: chunked\r\n" if chunked else "") +
                 f"Server: {SERVER_NAME}\r\n"
                 "Cache-Control: no-cache\r\n"
                 "Connection: close\r\n" + _CORS + "\r\n").encode()
@@ -229,8 +239,12 @@ class HttpConnection(asyncio.Protocol):
         has_video = source.video_sh is not None or source.info.video_codec is not None
         if not has_audio and not has_video:
             has_audio = has_video = True
-        self._write(head + flv.file_header(has_audio, has_video))
+        file_header = flv.file_header(has_audio, has_video)
+        if chunked:
+            file_header = b"%x\r\n%s\r\n" % (len(file_header), file_header)
+        self._write(head + file_header)
         self.consumer = Consumer(source, FORMAT_FLV, self)
+        self.consumer.chunked = chunked
         self.consumer.start(now)
         log.trace(self.cid, f"flv play {quote(source.key)} ip={self.ip}"
                             + (f", query={quote(self.query)}" if self.query else ""))
@@ -248,10 +262,24 @@ class HttpConnection(asyncio.Protocol):
         self._play(*self.wanted)
 
     def on_source_unpublish(self) -> None:
-        pass  # an FLV body has no status messages: the player waits for the next publisher's tags
+        """An FLV body has no status messages: wait `republish_window` for the next publisher (the sweep ends
+        the body after it), or end now during a graceful quit."""
+        window = self.vhost.http_remux.republish_window if self.vhost is not None else 0
+        if self.worker.draining or not window:
+            self.end_body("the publisher left" + (" during a graceful quit" if self.worker.draining else ""))
+        else:
+            self.deadline = time.monotonic() + window / 1000
 
     def on_source_publish(self) -> None:
-        pass
+        self.deadline = None     # republished within the window: the timeline goes on
+
+    def end_body(self, reason: str) -> None:
+        """End the FLV body cleanly: the chunked terminator (an HTTP/1.0 body ends with the FIN), then close."""
+        if self.closed:
+            return
+        if self.consumer is not None and self.consumer.chunked:
+            self._write(b"0\r\n\r\n")
+        self.close(reason)
 
     # ----- what the origin cluster decided (nonstop/cluster/manager.py), after Cluster.on_flv_play ----------
 
@@ -274,6 +302,18 @@ class HttpConnection(asyncio.Protocol):
         """Disconnect now: reset, not drained (a kicked player may never read; see nonstop/reset.py)."""
         log.warn(self.cid, f"kick: {reason}")
         self.close(reason, abort=True)
+
+    def _static(self, method: str, raw_path: bytes) -> bool:
+        """A file from `http_server.dir` (nonstop/server/static.py), after the FLV mounts; the API's paths stay
+        the API's when it shares this port. True when answered."""
+        url_path = raw_path.decode("utf-8", "replace")
+        if self.worker.api_app_for(self.listener) is not None and static.is_api_path(url_path):
+            return False
+        root = self.worker.config.http_server.dir
+        if not root or not os.path.isdir(root):
+            return False
+        self.deadline = None        # the body may take longer than a request may
+        return static.serve(self, method, url_path, self.headers, root)
 
     # ----- plumbing ----------------------------------------------------------------------------------------
 
@@ -298,7 +338,17 @@ class HttpConnection(asyncio.Protocol):
             self.transport.write(data)
 
     def check_deadline(self, now: float) -> None:
-        if not self.closed and self.deadline is not None and now >= self.deadline:
+        if self.closed:
+            return
+        if self.role == "play":
+            if self.source is None or self.source.publisher is not None or self.handing_over:
+                return
+            if self.worker.draining:
+                self.end_body("no publisher during a graceful quit")
+            elif self.deadline is not None and now >= self.deadline:
+                self.end_body(f"no publisher within republish_window={self.vhost.http_remux.republish_window} ms")
+            return
+        if self.deadline is not None and now >= self.deadline:
             self.close("no complete request in time")
 
     def close(self, reason: str, abort: bool = False) -> None:
@@ -350,7 +400,7 @@ class HttpConnection(asyncio.Protocol):
                 "source_key": self.source.key if self.source is not None else None,
                 "consumer": self.consumer.snapshot() if self.consumer is not None else None,
                 "created_at": self.created_at, "created_wall": self.created_wall,
-                "control_bytes": self.control_bytes, "recv_bytes": self.recv_bytes}
+                "control_bytes": self.control_bytes, "recv_bytes": self.recv_bytes, "deadline": self.deadline}
 
     @classmethod
     def restore(cls, worker, snap: dict) -> "HttpConnection":
@@ -363,7 +413,7 @@ class HttpConnection(asyncio.Protocol):
             self.source = worker.registry.sources.get(snap["source_key"])
         self.created_at, self.created_wall = snap["created_at"], snap["created_wall"]
         self.control_bytes, self.recv_bytes = snap["control_bytes"], snap["recv_bytes"]
-        self.deadline = None
+        self.deadline = snap.get("deadline")      # a republish window in progress (monotonic: system-wide)
         self.restored = snap
         return self
 

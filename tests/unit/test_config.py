@@ -1,6 +1,7 @@
 """The config package, as a specification: SRS syntax and semantics, exact FILE:LINE errors, includes,
 SRS directives nonstop lacks, refused access control, environment overrides, the default, and diff."""
 
+import os
 import textwrap
 
 import pytest
@@ -346,7 +347,7 @@ def test_enabled_access_control_is_refused(block, dropping):
 
 def test_refer_rules_are_refused_even_without_enabled():
     assert error("listen 1935;\nvhost v { refer {\n  play github.com; } }\n") == (
-        "nonstop.conf:3: 'refer' has 'play' rules, but nonstop does not support it yet; "
+        "nonstop.conf:3: 'refer' has 'play' rules and no 'enabled off', but nonstop does not support it yet; "
         "refusing to start rather than silently dropping its referer checks")
     assert error("listen 1935;\nvhost v {\n refer_publish a.com; }\n").startswith(
         "nonstop.conf:3: 'refer_publish' sets referer rules, but nonstop does not support it yet")
@@ -394,8 +395,10 @@ def test_include_of_a_missing_file_names_the_including_line(tmp_path):
     (tmp_path / "main.conf").write_text("listen 1935;\n\ninclude nowhere.conf;\n")
     with pytest.raises(ConfigError) as info:
         load(str(tmp_path / "main.conf"), env={})
-    assert str(info.value) == (f"{tmp_path / 'main.conf'}:3: include: cannot read "
-                               f"'{tmp_path / 'nowhere.conf'}': No such file or directory")
+    assert str(info.value) == (f"{tmp_path / 'main.conf'}:3: include: cannot read 'nowhere.conf': not beside "
+                               f"the including file, as '{tmp_path / 'nowhere.conf'}' (No such file or directory), "
+                               f"nor in the working directory {os.getcwd()!r}, as 'nowhere.conf' (No such file "
+                               f"or directory)")
 
 
 def test_include_loops_are_errors(tmp_path):
