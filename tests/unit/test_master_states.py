@@ -617,7 +617,9 @@ def test_a_port_still_held_at_start_is_tried_again_until_it_is_free(monkeypatch,
     try:
         listeners.open(config)
         assert list(listeners.sockets) == [f"rtmp 127.0.0.1:{port}"]
-        assert "Address already in use; trying again in 0.05s (1/5)" in logged.getvalue()
+        text = logged.getvalue()
+        assert f"Address already in use: 127.0.0.1:{port} (listen" in text
+        assert "; trying again in 0.05s (1/5)" in text
     finally:
         releaser.join()
         listeners.close_all()
