@@ -89,6 +89,15 @@ class ChaosPlan:
     extra_global: str = ""
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_kb(pid: int) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -107,6 +116,7 @@ class ClientProc:
         self.out_path = workdir / f"{name}.out"
         self.err_path = workdir / f"{name}.err"
         self.lines: list[list[str]] = []
+        self.cpu_s = 0.0        # CPU seconds it used, read when it is stopped
         self._err = open(self.err_path, "wb")
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._err,
                                      text=True, bufsize=1, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -126,6 +136,7 @@ class ClientProc:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
+            self.cpu_s = cpu_seconds(self.proc.pid)
             self.proc.terminate()
             try:
                 self.proc.wait(5)
@@ -253,6 +264,7 @@ class Chaos:
         self.t_measure = 0.0       # gaps are judged from here (the end of the warm-up)
         self.t_end = 0.0
         self._rss_stop = threading.Event()
+        self.server_cpu: dict[int, float] = {}
 
     # ----- helpers ---------------------------------------------------------------------------------------
     def rel(self, t: float) -> str:
@@ -291,6 +303,10 @@ class Chaos:
     def _watch_rss(self) -> None:
         while not self._rss_stop.wait(0.5):
             self.rss_peak_kb = max(self.rss_peak_kb, self.total_rss_kb())
+            for pid in [self.server.proc.pid] + self.worker_pids():
+                cpu = cpu_seconds(pid)
+                if cpu:
+                    self.server_cpu[pid] = cpu    # a worker's last reading before it exits
 
     def play_for(self, seconds: float) -> None:
         """Wait (bounded) until the readers have received `seconds` of video from now."""
@@ -372,11 +388,13 @@ class Chaos:
         h.stop()
         closed = [(int(w[2]), float(w[1])) for w in h.events("idle") if w[3] == "closed"]
         ready = {int(w[2]): float(w[1]) for w in h.events("idle") if w[3] == "ready"}
-        states = [(w[2], w[3], float(w[1])) for w in h.events("nrstate")]
-        self.hostile_notes.append(
-            f"{h.name}: " + (f"{len(ready)} idle clients, {len(closed)} closed by the server "
-                             f"({', '.join(f'#{i} after {t - ready.get(i, t):.1f}s' for i, t in closed)})"
-                             if ready else f"never-readers' TCP state changes {[(p, st, self.rel(t)) for p, st, t in states]}"))
+        states = [(w[2], w[3], self.rel(float(w[1]))) for w in h.events("nrstate")]
+        if ready:
+            closes = ", ".join(f"#{i} after {t - ready.get(i, t):.1f}s" for i, t in closed)
+            self.hostile_notes.append(f"{h.name}: {len(ready)} idle clients, {len(closed)} closed on the server's side "
+                                      f"({closes})")
+        else:
+            self.hostile_notes.append(f"{h.name}: never-readers' TCP state changes {states}")
 
     def _operate(self) -> None:
         plan = self.plan
@@ -446,14 +464,14 @@ class Chaos:
             wait_for(lambda: any(p not in known and process_alive(p) for p in self.worker_pids()), 20,
                      what=f"the master to start a worker after kill -9 of pid {pid}")
         except AssertionError:
-            window.end = time.monotonic()
+            window.end = float("inf")       # what follows is this failure's consequence: it is the one reported
             raise AssertionError(f"no new worker 20 s after kill -9 of worker pid {pid}; live workers "
                                  f"{[p for p in self.worker_pids() if process_alive(p)]}") from None
         new = next(p for p in self.worker_pids() if p not in known)
         try:
             window.end = self.wait_every_reader_plays_after(t, f"the readers after kill -9 of worker pid {pid}")
         except AssertionError:
-            window.end = time.monotonic()
+            window.end = float("inf")
             raise
         for role in list(self.hostile):
             self.start_hostile(role)
@@ -486,6 +504,8 @@ class Chaos:
         self.t_end = time.monotonic() + 3600     # judged until the readers stop; set again below
         if self.churn is not None:
             self.churn.stop()
+        for r in self.readers:
+            r.cpu_s = cpu_seconds(r.proc.pid)
         for role in list(self.hostile):
             self.stop_hostile(role)
         if self.server.proc is None or self.server.proc.poll() is not None:
@@ -696,6 +716,9 @@ class Chaos:
             res.failures.append(f"RSS at the end {self.final_kb / 1024:.1f} MB is more than {plan.rss_margin_mb:g} "
                                 f"MB over the baseline {self.baseline_kb / 1024:.1f} MB (waited "
                                 f"{plan.rss_settle_s:g}s for it to come back)")
+        clients = [c for c in [self.churn, *self.hostiles, *self.readers] if c is not None]
+        out.append(f"CPU seconds: server (master + every worker) {sum(self.server_cpu.values()):.1f}, clients "
+                   + ", ".join(f"{c.name} {c.cpu_s:.1f}" for c in clients))
         log = self.server.log()
         counts = {key: log.count(key) for key in ("Traceback", "handed over without its source",
                                                   "order handover failed", "slow player", "exited unexpectedly")}
