@@ -39,6 +39,7 @@ The pass criteria (`Result.failures` lists every one that failed, each naming th
 
 from __future__ import annotations
 
+import bisect
 import os
 import re
 import signal
@@ -108,6 +109,47 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
+class ServerLog:
+    """The server's log, read incrementally (a soak writes tens of MB: the waits must not reread it all). Only
+    the lines of the master and of the workers' lifecycle are kept; tracebacks are counted."""
+
+    KEEP = re.compile(r"\]\[(main|worker|handover)\] |Traceback")
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.offset = 0
+        self.rest = b""
+        self.kept: list[str] = []
+        self.lock = threading.Lock()
+
+    def lines(self) -> list[str]:
+        with self.lock:
+            try:
+                with open(self.path, "rb") as f:
+                    f.seek(self.offset)
+                    data = f.read()
+            except OSError:
+                return self.kept
+            self.offset += len(data)
+            data = self.rest + data
+            cut = data.rfind(b"\n") + 1
+            self.rest = data[cut:]
+            for line in data[:cut].decode(errors="replace").splitlines():
+                if self.KEEP.search(line):
+                    self.kept.append(line)
+            return self.kept
+
+    def count(self, text: str) -> int:
+        return sum(text in line for line in self.lines())
+
+    def matching(self, pattern: str) -> list[str]:
+        return [line for line in self.lines() if re.search(pattern, line)]
+
+    def worker_pids(self) -> list[int]:
+        """Every worker the master started, in order."""
+        return [int(m.group(1)) for m in map(re.compile(r"started worker pid=(\d+)").search, self.lines()) if m]
+
+
 class ClientProc:
     """A client subprocess whose stdout lines are parsed as they come (kept in memory and in a log file)."""
 
@@ -117,6 +159,7 @@ class ClientProc:
         self.err_path = workdir / f"{name}.err"
         self.lines: list[list[str]] = []
         self.cpu_s = 0.0        # CPU seconds it used, read when it is stopped
+        self.video_times: list[float] = []      # arrival of each video frame, for the waits (in order)
         self._err = open(self.err_path, "wb")
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._err,
                                      text=True, bufsize=1, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -130,6 +173,8 @@ class ClientProc:
                 words = line.split()
                 if words:
                     self.lines.append(words)
+                    if words[0] == "v":
+                        self.video_times.append(float(words[1]))
 
     def events(self, kind: str) -> list[list[str]]:
         return [w for w in list(self.lines) if w[0] == kind]
@@ -159,10 +204,13 @@ def client_cmd(*args: str) -> list[str]:
 
 class Reader(ClientProc):
     def frames_after(self, t: float) -> int:
-        return sum(1 for w in list(self.lines) if w[0] == "v" and float(w[1]) > t)
+        times = self.video_times
+        return len(times) - bisect.bisect_right(times, t)
 
     def first_frame_after(self, t: float) -> float | None:
-        return next((float(w[1]) for w in list(self.lines) if w[0] == "v" and float(w[1]) > t), None)
+        times = self.video_times
+        i = bisect.bisect_right(times, t)
+        return times[i] if i < len(times) else None
 
 
 def publisher_cmd(url: str, kbps: int) -> list[str]:
@@ -243,6 +291,7 @@ class Chaos:
         self.workdir = workdir
         self.server = UpgradeServer(vhost_body="min_latency on;", max_connections=3000,
                                     extra_global=plan.extra_global, workdir=workdir)
+        self.log = ServerLog(self.server.log_path)
         self.publisher: Publisher | None = None
         self.readers: list[Reader] = []
         self.churn: ClientProc | None = None
@@ -287,7 +336,7 @@ class Chaos:
         return next((w for w in self.windows if t0 <= w.end and t1 >= w.start), None)
 
     def worker_pids(self) -> list[int]:
-        return self.server.worker_pids()
+        return self.log.worker_pids()
 
     def current_worker(self) -> int:
         alive = [pid for pid in self.worker_pids() if process_alive(pid)]
@@ -347,7 +396,7 @@ class Chaos:
         server.start()
         self.t0 = time.monotonic()
         self.publisher = Publisher(server.rtmp_url(), plan.video_kbps)
-        server.wait_log(f"publish {STREAM},", timeout=20)
+        wait_for(lambda: f"publish {STREAM}," in server.log(), 20, what="the publisher to publish")
         self.start_hostile("never-readers")     # first: their buffers need time to fill
         self.readers = [Reader(f"reader-rtmp-{i}", client_cmd("reader", server.rtmp_url()), self.workdir)
                         for i in range(plan.rtmp_readers)]
@@ -428,14 +477,13 @@ class Chaos:
     def upgrade(self) -> None:
         n = len(self.upgrades) + 1
         ended = r"upgrade (done|rolled_back|failed)"
-        before = len(re.findall(ended, self.server.log()))
-        refused = self.server.log().count("upgrade refused")
+        before = len(self.log.matching(ended))
+        refused = self.log.count("upgrade refused")
         started = time.monotonic()
         self.server.signal(signal.SIGUSR2)
         try:
-            wait_for(lambda: len(re.findall(ended, self.server.log())) > before
-                     or self.server.log().count("upgrade refused") > refused, self.plan.upgrade_timeout_s,
-                     what=f"upgrade {n} to end")
+            wait_for(lambda: len(self.log.matching(ended)) > before or self.log.count("upgrade refused") > refused,
+                     self.plan.upgrade_timeout_s, what=f"upgrade {n} to end")
         except AssertionError:
             # Not fatal: the run goes on, so that what follows (the kill -9 above all) is seen too.
             line = f"did not end within {self.plan.upgrade_timeout_s:g}s"
@@ -443,11 +491,10 @@ class Chaos:
             self.failures.append(f"upgrade {n} at {self.rel(started)} {line}")
             return
         took = time.monotonic() - started
-        log = self.server.log()
-        if log.count("upgrade refused") > refused:
-            line = [ln for ln in log.splitlines() if "upgrade refused" in ln][-1]
+        if self.log.count("upgrade refused") > refused:
+            line = self.log.matching("upgrade refused")[-1]
         else:
-            line = [ln for ln in log.splitlines() if re.search(ended, ln)][-1]
+            line = self.log.matching(ended)[-1]
         line = line.split("] ", 3)[-1] if "] " in line else line
         self.upgrades.append((n, line, took))
         if "upgrade done" not in line:
@@ -492,10 +539,10 @@ class Chaos:
         self.stops.append({"pid": pid, "at": t, "cont": t_cont, "back_s": back - t_cont})
 
     def reload(self) -> None:
-        before = self.server.log().count("reload config success")
+        before = self.log.count("reload config success")
         t = time.monotonic()
         self.server.signal(signal.SIGHUP)
-        self.server.wait_log("reload config success", timeout=15, count=before + 1)
+        wait_for(lambda: self.log.count("reload config success") > before, 15, what="the reload to succeed")
         self.reloads.append(time.monotonic() - t)
 
     def _finish(self) -> None:

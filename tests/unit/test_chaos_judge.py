@@ -21,6 +21,7 @@ class FakeClient:
         self.name = name
         self.lines = [line.split() for line in lines]
         self.proc = FakeProc()
+        self.cpu_s = 0.0
 
     def events(self, kind: str):
         return [w for w in self.lines if w[0] == kind]
