@@ -40,6 +40,7 @@ from nonstop.protocol.chunk import encode_message
 TAG_AUDIO, TAG_VIDEO = 8, 9
 HTTP_HEAD_MAX = 16 * 1024
 RETRY_DELAY_S = 0.1
+IDLE_CHUNK_SIZE = 65536
 
 
 def emit(*words) -> None:
@@ -472,7 +473,9 @@ def hostile_main(rtmp_url: str, flv_url: str, never_readers: list[str], idle: in
         session = rtmp.RtmpSession(rtmp.CLIENT)
         session.connect(rt.app, rt.tc_url)
         _rtmp_until(sock, session, None, time.monotonic() + 10)
-        chunk = session.writer.chunk_size
+        chunk = IDLE_CHUNK_SIZE     # large chunks: the memory is the point here, not the parsing (item 7's)
+        sock.sendall(encode_message(2, rtmp.MSG_SET_CHUNK_SIZE, 0, 0, struct.pack(">I", chunk),
+                                    session.writer.chunk_size))
         length = max(1, partial_bytes // chunk) * chunk     # whole chunks: the last one is left out
         for m in range(messages):
             whole = encode_message(4 + m, rtmp.MSG_COMMAND_AMF0, 0, 0, b"\x02" * length, chunk)
