@@ -2,26 +2,29 @@
 kills, stalls and reloads it; every client runs in its own process (tests/e2e/chaos_clients.py, ffmpeg).
 
 A run (`Chaos(plan, workdir).run()`) does, with `min_latency on` in the vhost:
-1. warm-up: one ffmpeg publisher (a live test pattern, -re, restarted by a supervisor whenever it exits), the
-   long-lived readers (RTMP and HTTP-FLV, every timestamp reported); the RSS baseline (master + workers) once
-   they all play;
+1. warm-up: one ffmpeg publisher (a live test pattern at `video_kbps`, -re, restarted by a supervisor whenever
+   it exits), the players that never read (RTMP and HTTP-FLV, a 1 KiB receive buffer; first, so that the
+   kernel's buffers toward them are full by the first upgrade), the long-lived readers (RTMP and HTTP-FLV, every
+   timestamp reported); the RSS baseline (master + workers) once they all play;
 2. load: the churn process (short-lived players 0.1-1.5 s at `churn_rate`/s and probes that hang up at their
-   first video frame at `probe_rate`/s, RTMP and HTTP-FLV alternately) and the hostile process (a player that
-   never reads with a tiny receive buffer, RTMP and HTTP-FLV; idle clients that `connect` and then leave
-   `idle_messages` messages of `idle_partial_bytes` one chunk short);
+   first video frame at `probe_rate`/s, RTMP and HTTP-FLV alternately) and the idle clients (`connect`, then
+   `idle_messages` messages of `idle_partial_bytes` left one chunk short);
 3. the operator, `cycles` times (or until `soak_s` has passed): `upgrades` SIGUSR2 upgrades in a row, each
-   waiting until the previous ended (the master's `upgrade done|rolled_back|failed` line) and `between_s` of
-   play; `kill -9` of the current worker; a SIGSTOP of `stop_s` of the current worker; a reload (SIGHUP);
+   waiting until the previous ended (the master's `upgrade done|rolled_back|failed|refused` line; one that does
+   not end within `upgrade_timeout_s` is a failure and the run goes on) with `between_s` of play after each;
+   `kill -9` of the current worker; a SIGSTOP of `stop_s` of the current worker; a reload (SIGHUP);
 4. the end: churn and hostile clients stop; every old worker must exit, and the RSS must come back within
    `rss_margin_mb` of the baseline (both waited for, bounded).
+Every wait is bounded; a wait that fails stops the operator and the run is judged on what happened until then.
 
 What a `kill -9` of a worker means for its clients (decided here; the issue is silent): the kernel closes every
 socket the worker held, so its publisher and every player on it are disconnected; no server design can keep a
 TCP connection whose only owner was SIGKILLed (the master holds the listeners, not the connections). So from the
 SIGKILL until every long-lived reader has its first frame again (the *kill window*) the harness allows exactly
-this: the publisher is restarted, each reader reconnects (once, plus HTTP 404s while no publisher is back), churn
-attempts that overlap the window may fail. The master must respawn a worker, and each reader's reconnection
-time is printed. A disconnect of anything anywhere else fails the run.
+this: the publisher is restarted, each reader reconnects (plus HTTP 404s while no publisher is back), churn
+attempts that overlap the window may fail; the never-readers and idle clients are opened again afterwards. The
+master must start a new worker within 20 s and every reader must play again within `recover_timeout_s`; each
+reader's time to its first frame again is printed. A disconnect of anything anywhere else fails the run.
 
 The SIGSTOP window (from SIGSTOP to SIGCONT) is excluded from the gap bound: the gap that overlaps it is
 expected to be about `stop_s`, and it is printed on its own. Nothing else is excluded: a publisher or reader
