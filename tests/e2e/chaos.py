@@ -676,13 +676,11 @@ class Chaos:
             out.append(f"  {r.name}: {frames} video + {audio} audio frames over {conns} connection(s), "
                        f"{len(holes)} timestamp faults, disconnects "
                        f"{[(self.rel(t), why) for t, why in ends if t <= self.t_end]}")
-            for t, why in ends:
-                if t > self.t_end:
-                    continue
-                window = self.window_of(t, t)
-                if window is None or window.kind != "kill":
-                    res.failures.append(f"{r.name} disconnected ({why}) at {self.rel(t)} in phase "
-                                        f"{self.phase_at(t)!r}")
+            cut = [f"{why} at {self.rel(t)} in phase {self.phase_at(t)!r}" for t, why in ends
+                   if t <= self.t_end and getattr(self.window_of(t, t), "kind", None) != "kill"]
+            if cut:
+                res.failures.append(f"{r.name} disconnected {len(cut)} time(s) outside the kill windows: "
+                                    + "; ".join(cut[:3]) + ("; ..." if len(cut) > 3 else ""))
             if holes:
                 res.failures.append(f"{r.name}: {len(holes)} lost or repeated frames; first: " + "; ".join(holes[:3]))
             if r.proc.poll() is not None and r.proc.returncode not in (0, -signal.SIGTERM):
@@ -744,14 +742,17 @@ class Chaos:
                        f"{s['back_s'] * 1000:.0f} ms after SIGCONT")
         out.append(f"reloads: {[round(x, 2) for x in self.reloads]} s")
         exits = self.publisher.exits if self.publisher else []
+        cut = []
         for t, code, err in exits:
-            window = self.window_of(t, t)
-            allowed = window is not None and window.kind == "kill"
-            out.append(f"publisher exited {code} at {self.rel(t)} ({'kill window' if allowed else 'FAULT'}): "
-                       f"{err.strip()[-200:]}")
+            allowed = getattr(self.window_of(t, t), "kind", None) == "kill"
+            last = " / ".join(err.strip().splitlines()[-1:])[:160]
+            out.append(f"publisher exited {code} at {self.rel(t)} in phase {self.phase_at(t)!r} "
+                       f"({'kill window' if allowed else 'FAULT'}): {last}")
             if not allowed:
-                res.failures.append(f"the publisher was disconnected at {self.rel(t)} in phase "
-                                    f"{self.phase_at(t)!r} (ffmpeg exit {code}: {err.strip()[-160:]})")
+                cut.append(f"at {self.rel(t)} in phase {self.phase_at(t)!r} (ffmpeg exit {code}: {last})")
+        if cut:
+            res.failures.append(f"the publisher was disconnected {len(cut)} time(s) outside the kill windows: "
+                                + "; ".join(cut[:3]) + ("; ..." if len(cut) > 3 else ""))
         for note in self.hostile_notes:
             out.append(f"hostile {note}")
 

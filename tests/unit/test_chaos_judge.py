@@ -104,7 +104,8 @@ def test_a_disconnect_is_excused_only_inside_the_kill_window(chaos):
     inside = stream(0.5, 15.2) + ["end 15.3 eof"] + stream(16.0, 40, ts0=0)
     outside = stream(0.5, 12.0) + ["end 12.1 eof"] + stream(12.3, 40, ts0=0)
     result = judge(chaos, [FakeClient("reader-rtmp-0", inside), FakeClient("reader-flv-0", outside)])
-    assert result.failures == ["reader-flv-0 disconnected (eof) at +12.10s in phase 'upgrade 1'"]
+    assert result.failures == ["reader-flv-0 disconnected 1 time(s) outside the kill windows: eof at +12.10s in "
+                               "phase 'upgrade 1'"]
 
 
 def test_churn_failures_count_except_those_overlapping_a_kill_window(chaos):
@@ -124,3 +125,13 @@ def test_too_few_churn_attempts_playing_fails(chaos):
     churn = ["c 2.0 2.5 player rtmp ok 0.50s"] + [f"c {t}.0 {t}.1 player flv early 0.10s" for t in range(3, 9)]
     result = judge(chaos, [FakeClient("reader-rtmp-0", stream(0.5, 40, pause=(20.0, 26.3)))], churn)
     assert result.failures == ["only 1 of 7 churn attempts played"]
+
+
+def test_a_publisher_exit_is_excused_only_inside_the_kill_window(chaos):
+    class FakePublisher:
+        starts = [0.0, 15.2, 27.0]
+        exits = [(15.1, 1, "Error writing trailer: Broken pipe"), (26.9, 1, "x\nConnection reset by peer")]
+    chaos.publisher = FakePublisher()
+    result = judge(chaos, [FakeClient("reader-rtmp-0", stream(0.5, 40, pause=(20.0, 26.3)))])
+    assert result.failures == ["the publisher was disconnected 1 time(s) outside the kill windows: at +26.90s in "
+                               "phase 'after SIGCONT' (ffmpeg exit 1: Connection reset by peer)"]
