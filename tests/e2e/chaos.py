@@ -462,6 +462,9 @@ class Chaos:
                 self.play_for(plan.between_s)
             self.mark(prefix + "kill -9")
             self.kill_worker()
+            self.mark(prefix + "hostile clients back")      # their connections died with the worker
+            for role in list(self.hostile):
+                self.start_hostile(role)
             self.mark(prefix + "after kill -9")
             self.play_for(plan.between_s)
             self.mark(prefix + "SIGSTOP")
@@ -523,8 +526,6 @@ class Chaos:
         except AssertionError:
             window.end = float("inf")
             raise
-        for role in list(self.hostile):
-            self.start_hostile(role)
         self.kills.append({"pid": pid, "new": new, "at": t, "recovered_s": window.end - t,
                            "first_frames": {r.name: r.first_frame_after(t) - t for r in self.readers}})
 
