@@ -366,8 +366,16 @@ class Master(Upgrading):
         log.warn("main", f"starting a new worker in {delay:.1f}s; the listeners stay open meanwhile")
         self._later(delay, self._respawn)
 
+    def serving_workers(self) -> list[WorkerProcess]:
+        """Live workers that serve or will serve the listeners: not an old worker draining after its handover or
+        a graceful quit, not a discarded candidate."""
+        return [w for w in self.live_workers() if w.state not in (RETIRING, DRAINING) and not w.discarded]
+
     def _respawn(self) -> None:
-        if not self.quitting and not self.live_workers():
+        # Invariant: while the master is not quitting, some worker serves the listeners. An old worker still
+        # draining after an upgrade does not count: it let go of the listeners, so if the serving worker dies
+        # meanwhile (kill -9, a crash), a new one must start all the same (found by the chaos test).
+        if not self.quitting and not self.serving_workers():
             self.spawn()
 
     # ----- signals ------------------------------------------------------------------------------------------
