@@ -174,18 +174,33 @@ def test_control_characters_in_app_and_stream_names_are_refused_with_srs_codes_a
     assert "publish __defaultVhost__/live/a b-频道" in log
 
 
-def test_a_60kb_app_and_tcurl_make_one_short_log_line():
+def test_long_app_and_tcurl_make_one_short_log_line_and_a_60kb_connect_is_refused_in_one_line():
+    """A connect may be at most 32 KiB before the client is identified (the bounds of item 7); within that, an
+    app of 9 KB and a tcUrl of 18 KB still log as one short line. A 60 KB connect is refused: one line, no
+    traceback."""
     with Server() as server:
         client = RawRtmp(server.rtmp_port)
-        app = "a" * 60_000
-        connected = client.connect(app=app, tc_url=f"rtmp://127.0.0.1:{server.rtmp_port}/{app}?{'q' * 60_000}")
+        app = "a" * 9_000
+        connected = client.connect(app=app, tc_url=f"rtmp://127.0.0.1:{server.rtmp_port}/{app}?{'q' * 9_000}")
         assert connected.__class__.__name__ == "Connected"
         wait_for(lambda: "connect ip=" in server.log(), 5, what="the connect line")
         client.close()
-    line = next(line for line in server.log().splitlines() if "connect ip=" in line)
-    print(f"the connect line of a 60 KB app and a 120 KB tcUrl: {len(line)} chars")
+        big = RawRtmp(server.rtmp_port)
+        app = "b" * 60_000
+        try:
+            big.connect(app=app, tc_url=f"rtmp://127.0.0.1:{server.rtmp_port}/{app}?{'q' * 60_000}")
+        except OSError:
+            pass        # refused: the server closes (or resets) the connection
+        wait_for(lambda: "protocol error" in server.log(), 5, what="the refusal of the 60 KB connect")
+        big.close()
+    lines = server.log().splitlines()
+    line = next(line for line in lines if "connect ip=" in line)
+    print(f"the connect line of a 9 KB app and an 18 KB tcUrl: {len(line)} chars")
     assert len(line) < 2000
     assert "more chars)" in line
+    refusal = next(line for line in lines if "protocol error" in line)
+    print(f"the refusal of a 60 KB connect: {refusal}")
+    assert len(refusal) < 2000 and "Traceback" not in server.log()
 
 
 # ----- item 12: HTTP-FLV at the edges of HTTP --------------------------------------------------------------
@@ -204,10 +219,10 @@ def test_http_flv_paths_are_percent_decoded_once_and_bad_ones_get_400():
         try:
             port = server.http_port
             response = http_exchange(port, get("/live/a%20b.flv", port), until=b"FLV")
-            assert status_of(response) == 200 and b"\r\n\r\nFLV" in response, response[:300]
+            assert status_of(response) == 200 and b"\r\nFLV\x01" in response, response[:300]
             # Decoded once: %2520 is the three characters %20, the name the second publisher used.
             response = http_exchange(port, get("/live/c%2520d.flv", port), until=b"FLV")
-            assert status_of(response) == 200 and b"\r\n\r\nFLV" in response, response[:300]
+            assert status_of(response) == 200 and b"\r\nFLV\x01" in response, response[:300]
             for path, why in (("/live/a%0d%0a[2026-01-01%2000:00:00.000]x.flv", b"control character 0x0d"),
                               ("/live/a%00b.flv", b"control character 0x00"),
                               ("/live%2Fa%20b.flv", b"encoded slash"),
