@@ -103,6 +103,16 @@ class Consumer:
         self.position = target
         return True
 
+    def detach(self) -> None:
+        """Stop being fed, without leaving (a handover's quiesce): the source does not count it idle."""
+        self.source.consumers.discard(self)
+
+    def reattach(self, now: float) -> None:
+        """Be fed again after `detach` (the handover kept this player here)."""
+        if not self.closed:
+            self.source.consumers.add(self)
+            self.flush(now)
+
     def stop(self, now: float) -> None:
         if not self.closed:
             self.closed = True

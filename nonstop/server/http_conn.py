@@ -59,7 +59,7 @@ class HttpConnection(asyncio.Protocol):
         self.head_bytes = 0
         self.buffered: list[bytes] = []
         self.role = ""
-        self.source = None
+        self._source = None          # until the consumer exists; then the consumer's (see `source`)
         self.consumer: Consumer | None = None
         self.vhost = None
         self.app = ""
@@ -75,14 +75,26 @@ class HttpConnection(asyncio.Protocol):
         self.handing_over = False
         self.restored: dict | None = None
         self.wanted = None          # (method, vhost, app, stream) of a play waiting for a handover
-        self.waited = False
+        self.left_behind = False
+
+    @property
+    def source(self):
+        """The stream this player plays: its consumer's (one owner; Worker.adopt_source moves it)."""
+        if self.consumer is not None:
+            return self.consumer.source
+        return self._source
+
+    @source.setter
+    def source(self, value) -> None:
+        self._source = value
 
     # ----- asyncio callbacks -------------------------------------------------------------------------------
 
     def connection_made(self, transport) -> None:
         self.transport = transport
         if self.restored is not None:
-            self._resume_restored()
+            # Taken over: nothing is read or written until the whole batch commits (transfer.py, I3).
+            transport.pause_reading()
             return
         peer = transport.get_extra_info("peername")
         self.ip = peer[0] if peer else ""
@@ -165,7 +177,9 @@ class HttpConnection(asyncio.Protocol):
             return  # answered by the origin cluster (302 or 404)
         now = time.monotonic()
         source = self.worker.registry.get(vhost.name, app, stream)
-        if (source is None or source.publisher is None) and not self.waited:
+        if source is None or source.publisher is None:
+            # During an upgrade's handover the stream may be on its way: wait until its publisher is
+            # attached here, or the handover ends (Worker.retry_waiting_flv), instead of a 404.
             self.wanted = (method, vhost, app, stream)
             if self.worker.wait_for_takeover(self):
                 return
@@ -202,8 +216,7 @@ class HttpConnection(asyncio.Protocol):
         return source_key(vhost.name, app, stream)
 
     def retry_play(self) -> None:
-        """After waiting for an upgrade's handover (worker.wait_for_takeover): play now, or 404."""
-        self.waited = True
+        """After waiting for an upgrade's handover (worker.wait_for_takeover): play now, wait on, or 404."""
         self._play(*self.wanted)
 
     def on_source_unpublish(self) -> None:
@@ -239,7 +252,7 @@ class HttpConnection(asyncio.Protocol):
 
     def check_deadline(self, now: float) -> None:
         if not self.closed and self.deadline is not None and now >= self.deadline:
-            self.close("no complete request in time")
+            self.close("left behind by an upgrade's handover" if self.left_behind else "no complete request in time")
 
     def close(self, reason: str) -> None:
         if self.closed:
@@ -251,7 +264,10 @@ class HttpConnection(asyncio.Protocol):
             self.worker.closed_dropped += self.consumer.dropped     # for /metrics' dropped messages
             self.consumer = None
         if self.transport is not None:
-            self.transport.close()
+            if self.left_behind:
+                self.transport.abort()      # its bound is up: what it did not read is not waited for
+            else:
+                self.transport.close()
         if self.role:
             log.trace(self.cid, f"close flv player ip={self.ip}, alive={time.monotonic() - self.created_at:.2f}s, "
                                 f"reason={reason}")
@@ -264,13 +280,12 @@ class HttpConnection(asyncio.Protocol):
     def begin_handover(self) -> None:
         self.handing_over = True
         if self.consumer is not None:
-            self.source.consumers.discard(self.consumer)
+            self.consumer.detach()
 
     def cancel_handover(self) -> None:
         self.handing_over = False
-        if not self.closed and self.consumer is not None and self.source is not None:
-            self.source.consumers.add(self.consumer)
-            self.consumer.flush(time.monotonic())
+        if not self.closed and self.consumer is not None:
+            self.consumer.reattach(time.monotonic())
 
     def finish_handover(self) -> None:
         self.closed = True
@@ -279,6 +294,13 @@ class HttpConnection(asyncio.Protocol):
         self.worker.forget(self)
         self.transport.abort()
         log.trace(self.cid, "handed over to the new worker")
+
+    def leave_behind(self, deadline: float, source_gone: bool) -> None:
+        """Left here by the handover alone (transfer.py I5): it drains, and is cut at `deadline`."""
+        self.handing_over = False
+        if not self.closed:
+            self.left_behind = True
+            self.deadline = deadline
 
     def snapshot(self) -> dict:
         return {"kind": self.kind, "cid": self.cid, "listener": self.listener, "ip": self.ip, "role": self.role,
@@ -290,31 +312,41 @@ class HttpConnection(asyncio.Protocol):
                 "control_bytes": self.control_bytes, "recv_bytes": self.recv_bytes}
 
     @classmethod
-    def restore(cls, worker, snap: dict) -> "HttpConnection":
+    def restore(cls, worker, snap: dict, source=None) -> "HttpConnection":
+        """An FLV player from a handover snapshot, with its stream's source from the same batch. Raises on a
+        snapshot that does not fit (transfer.py refuses the whole batch then, I3)."""
         self = cls(worker, snap["listener"])
         self.cid, self.ip, self.role = snap["cid"], snap["ip"], snap["role"]
         if snap["vhost"] is not None:
             self.vhost = worker.config.vhosts.get(snap["vhost"]) or worker.config.vhost_for(None)
         self.app, self.stream, self.query = snap["app"], snap["stream"], snap["query"]
-        if snap["source_key"] is not None:
-            self.source = worker.registry.sources.get(snap["source_key"])
+        if source is None or snap["source_key"] != source.key or snap["consumer"] is None:
+            raise ValueError(f"an FLV player of {snap['source_key']} came without its source or position")
+        self._source = source
         self.created_at, self.created_wall = snap["created_at"], snap["created_wall"]
         self.control_bytes, self.recv_bytes = snap["control_bytes"], snap["recv_bytes"]
         self.deadline = None
         self.restored = snap
         return self
 
-    def _resume_restored(self) -> None:
+    def resume_takeover(self) -> None:
+        """The batch committed (transfer.py): register, attach at the position, write again."""
         snap, self.restored = self.restored, None
         self.worker.register_restored(self)
-        if self.source is None or snap["consumer"] is None:
-            self.close("handed over without its source")
+        if self.closed:
             return
-        self.consumer = Consumer(self.source, snap["consumer"]["fmt"], self)
+        self.consumer = Consumer(self._source, snap["consumer"]["fmt"], self)
         self.consumer.restore_counters(snap["consumer"])
         self.consumer.attach(snap["consumer"]["position"])
+        self.transport.resume_reading()
         self.consumer.flush(time.monotonic())
-        log.trace(self.cid, f"taken over: flv play {self.source.key}")
+        log.trace(self.cid, f"taken over: flv play {self._source.key}")
+
+    def abandon_takeover(self) -> None:
+        """The batch did not commit: let go of our copy of the socket without a FIN (the sender keeps it)."""
+        self.restored = None
+        self.closed = True
+        self.transport.abort()
 
     @property
     def send_bytes(self) -> int:
