@@ -545,8 +545,8 @@ class _Receiver:
         # From here on nothing awaits: the batch is registered whole.
         registry = self.worker.registry
         if source is not None:
+            registry.pin(source)        # before adopting: an early player may hang up as it moves over
             self.worker.adopt_source(source)
-            registry.pin(source)
         attached = False
         for conn in connected:
             conn.resume_takeover()
