@@ -544,16 +544,31 @@ class _Receiver:
             return False
         # From here on nothing awaits: the batch is registered whole.
         registry = self.worker.registry
+        rejoin = None
         if source is not None:
+            existing = registry.sources.get(source.key)
+            if existing is not None and existing.publisher is not None:
+                if publisher_cid is not None:
+                    # Its publisher came back here during the upgrade, and the old one moves too: one stream,
+                    # two publishers. Refuse the batch; the old worker keeps the stream and drains it.
+                    log.warn("handover", f"refusing {source.key}: it has a publisher here already")
+                    for conn in connected:
+                        conn.abandon_takeover()
+                    self.stats.refused += 1
+                    return False
+                # A stream with no publisher on the old worker (its players wait for one) whose publisher came
+                # back here: its players join the live source here, from its latest keyframe.
+                rejoin = existing
+        if source is not None and rejoin is None:
             registry.pin(source)        # before adopting: an early player may hang up as it moves over
             self.worker.adopt_source(source)
         attached = False
         for conn in connected:
-            conn.resume_takeover()
+            conn.resume_takeover(rejoin)
             if conn.cid == publisher_cid and not conn.closed:
                 attached = True
         self.stats.handed_over += len(connected)
-        if source is not None:
+        if source is not None and rejoin is None:
             # I2: the publisher is attached, or the stream has none (gone, or an edge's upstream that the
             # cluster re-establishes): either way the pin has done its work.
             registry.unpin(source)

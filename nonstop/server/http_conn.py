@@ -329,15 +329,21 @@ class HttpConnection(asyncio.Protocol):
         self.restored = snap
         return self
 
-    def resume_takeover(self) -> None:
-        """The batch committed (transfer.py): register, attach at the position, write again."""
+    def resume_takeover(self, rejoin=None) -> None:
+        """The batch committed (transfer.py): register, attach at the position, write again. With `rejoin`
+        (a live source here that replaces the one it came with) it restarts there from the latest keyframe."""
         snap, self.restored = self.restored, None
         self.worker.register_restored(self)
         if self.closed:
             return
+        if rejoin is not None:
+            self._source = rejoin
         self.consumer = Consumer(self._source, snap["consumer"]["fmt"], self)
         self.consumer.restore_counters(snap["consumer"])
-        self.consumer.attach(snap["consumer"]["position"])
+        if rejoin is not None:
+            self.consumer.start(time.monotonic())
+        else:
+            self.consumer.attach(snap["consumer"]["position"])
         self.transport.resume_reading()
         self.consumer.flush(time.monotonic())
         log.trace(self.cid, f"taken over: flv play {self._source.key}")

@@ -366,13 +366,17 @@ class RtmpConnection(asyncio.Protocol):
         self.restored = snap
         return self
 
-    def resume_takeover(self) -> None:
-        """The batch committed (transfer.py): register, attach to the source, read and write again."""
+    def resume_takeover(self, rejoin=None) -> None:
+        """The batch committed (transfer.py): register, attach to the source, read and write again. With
+        `rejoin` (a live source here that replaces the one this player came with), the player restarts on it
+        from its latest keyframe, as a new player would."""
         snap, self.restored = self.restored, None
         self.worker.register_restored(self)
         if self.closed:
             return
         now = time.monotonic()
+        if rejoin is not None and self.role == ROLE_PLAY:
+            self._source = rejoin
         source = self._source
         if self.role == ROLE_PUBLISH:
             source.publisher = self
@@ -380,7 +384,11 @@ class RtmpConnection(asyncio.Protocol):
         elif self.role == ROLE_PLAY:
             self.consumer = Consumer(source, snap["consumer"]["fmt"], self)
             self.consumer.restore_counters(snap["consumer"])
-            self.consumer.attach(snap["consumer"]["position"])
+            if rejoin is not None:
+                self.on_source_publish()
+                self.consumer.start(now)
+            else:
+                self.consumer.attach(snap["consumer"]["position"])
         self.transport.resume_reading()
         if self.consumer is not None:
             self.consumer.flush(now)
