@@ -307,6 +307,9 @@ async def _hand_over_stream(worker, link: _Link, source: Source, stats: Handover
     """One stream at a message boundary: its source, publisher and players in one batch (I1, I3)."""
     started = time.monotonic()
     conns = _stream_conns(worker, source)
+    # Its players are detached while it moves: a publisher leaving meanwhile must not free it as idle, or the
+    # players resumed after a refusal would play a source nobody can find (I2 on the sending side).
+    worker.registry.pin(source)
     movable, stuck = await _quiesce(conns)
     await step("quiesced", source.key)
     publisher = source.publisher if source.publisher in conns else None
@@ -329,29 +332,25 @@ async def _hand_over_stream(worker, link: _Link, source: Source, stats: Handover
         await _send_batch(link, source_payload, pickled, publisher.cid if publisher else None, source.key, step)
     except _LinkBroken as e:
         stats.broken = str(e)
-        _keep_stream(source, conns, stats, f"the link broke: {e}")
+        _keep_stream(worker, source, conns, stats, f"the link broke: {e}")
         return
     except _Refused as e:
         await _abort(link)
-        _keep_stream(source, conns, stats, str(e))
+        _keep_stream(worker, source, conns, stats, str(e))
         await step("kept", source.key)
         return
     except Exception as e:  # an unexpected error in one stream must never freeze it (I4, I5)
         log.error("handover", f"handover of {source.key} hit an error: {e!r}")
         await _abort(link)
-        _keep_stream(source, conns, stats, f"{e!r}")
+        _keep_stream(worker, source, conns, stats, f"{e!r}")
         await step("kept", source.key)
         return
     moved = [conn for conn, _ in pickled]
-    now = time.monotonic()
-    for conn in moved:
-        stats.per_conn_s.append(now - getattr(conn, "quiesced_at", now))
-        conn.finish_handover()
-    stats.handed_over += len(moved)
+    await _finish_batch(link, moved, stats)
     stats.streams += 1
     # Players whose buffer did not empty, or too big to move, stay here alone; the source went away.
     _leave_behind([c for c in stuck + too_big if not c.closed], stats, source_gone=True)
-    worker.registry.remove(source)
+    worker.registry.moved_away(source)
     elapsed = (time.monotonic() - started) * 1000
     stats.worst_ms = max(stats.worst_ms, elapsed)
     left = len(stuck) + len(too_big)
@@ -360,12 +359,32 @@ async def _hand_over_stream(worker, link: _Link, source: Source, stats: Handover
     await step("committed", source.key)
 
 
-def _keep_stream(source: Source, conns: list, stats: HandoverStats, why: str) -> None:
+async def _finish_batch(link: _Link, moved: list, stats: HandoverStats) -> None:
+    """The receiver holds the batch now: let go of it here. A connection this worker closed while its batch
+    was in flight (a kick, a reset seen while writing) lives on in the receiver's copy of the socket: tell the
+    receiver to close it too, so a kick during a handover is not undone by it."""
+    now = time.monotonic()
+    closed = [conn.cid for conn in moved if conn.closed]
+    for conn in moved:
+        stats.per_conn_s.append(now - getattr(conn, "quiesced_at", now))
+        conn.finish_handover()
+    stats.handed_over += len(moved)
+    if closed:
+        try:
+            await link.send_obj({"type": "close", "cids": closed})
+        except _Refused:
+            pass
+        except _LinkBroken as e:
+            stats.broken = str(e)
+
+
+def _keep_stream(worker, source: Source, conns: list, stats: HandoverStats, why: str) -> None:
     log.warn("handover", f"handover of {source.key} failed, keeping it here: {why}")
     kept = [c for c in conns if not c.closed]
     for conn in kept:
         conn.cancel_handover()
     stats.failed += len(kept)
+    worker.registry.unpin(source)
 
 
 async def _hand_over_idle(worker, link: _Link, stats: HandoverStats, step) -> None:
@@ -392,11 +411,7 @@ async def _hand_over_idle(worker, link: _Link, stats: HandoverStats, step) -> No
             await _abort(link)
             _keep_idle(batch, stats, str(e))
             continue
-        now = time.monotonic()
-        for conn, _ in batch:
-            stats.per_conn_s.append(now - getattr(conn, "quiesced_at", now))
-            conn.finish_handover()
-        stats.handed_over += len(batch)
+        await _finish_batch(link, [conn for conn, _ in batch], stats)
         await step("committed", "")
 
 
@@ -496,6 +511,11 @@ class _Receiver:
             elif kind == "conns":
                 self._stage(frame["conns"], fds)
                 await self.step("staged", self.source.key if self.source else "")
+            elif kind == "close":
+                for cid in frame["cids"]:
+                    conn = self.worker.conns.get(cid)
+                    if conn is not None:
+                        conn.close("closed by the old worker while it was handed over")
             elif kind == "commit":
                 ok = await self._commit(frame.get("publisher"))
                 if ok:
@@ -548,16 +568,9 @@ class _Receiver:
         if source is not None:
             existing = registry.sources.get(source.key)
             if existing is not None and existing.publisher is not None:
-                if publisher_cid is not None:
-                    # Its publisher came back here during the upgrade, and the old one moves too: one stream,
-                    # two publishers. Refuse the batch; the old worker keeps the stream and drains it.
-                    log.warn("handover", f"refusing {source.key}: it has a publisher here already")
-                    for conn in connected:
-                        conn.abandon_takeover()
-                    self.stats.refused += 1
-                    return False
-                # A stream with no publisher on the old worker (its players wait for one) whose publisher came
-                # back here: its players join the live source here, from its latest keyframe.
+                # Its publisher reconnected here during the upgrade (or a second one came): the stream is live
+                # here. The batch's players join it from its latest keyframe; a publisher in the batch is
+                # closed as a second publisher of a busy stream (RtmpConnection.resume_takeover).
                 rejoin = existing
         if source is not None and rejoin is None:
             registry.pin(source)        # before adopting: an early player may hang up as it moves over

@@ -71,6 +71,11 @@ class SourceRegistry:
         if source.on_idle is not None:
             self.free_idle(source)
 
+    def moved_away(self, source: Source) -> None:
+        """The source went to another worker with its connections (an upgrade's handover): forget it here."""
+        self.pinned.discard(source)
+        self.remove(source)
+
     def by_id(self, source_id: str) -> Source | None:
         for source in self.sources.values():
             if source.id == source_id:

@@ -378,6 +378,12 @@ class RtmpConnection(asyncio.Protocol):
         if rejoin is not None and self.role == ROLE_PLAY:
             self._source = rejoin
         source = self._source
+        if self.role == ROLE_PUBLISH and rejoin is not None:
+            # Its stream has a publisher here already (it reconnected during the upgrade): this one is a
+            # second publisher of a busy stream.
+            self.role, self._source = ROLE_NONE, None
+            self.close("stream busy: it has another publisher on the new worker")
+            return
         if self.role == ROLE_PUBLISH:
             source.publisher = self
             source.idle_since = None
