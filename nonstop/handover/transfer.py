@@ -274,25 +274,28 @@ def _batches(pickled: list) -> list[list]:
 
 
 async def _send_batch(link: _Link, source_payload: bytes | None, pickled: list, publisher_cid, key: str,
-                      step) -> None:
-    """One all-or-nothing batch (I3): [source], conns frames, commit. Raises _Refused or _LinkBroken.
-    Closed connections were dropped by the caller; fds are duplicated right before each frame, in the same
-    loop step as the check, so a connection cannot close in between."""
+                      step) -> list:
+    """One all-or-nothing batch (I3): [source], conns frames, commit. Returns the connections sent; raises
+    _Refused or _LinkBroken. A connection that closed before its frame went out is left out of it (churn);
+    its fd is duplicated in the same loop step as that check, so it cannot close in between."""
     if source_payload is not None:
         await link.send(source_payload, [])
+    sent = []
     for batch in _batches(pickled):
         alive = [(conn, data) for conn, data in batch if not conn.closed and conn.transport is not None
                  and conn.transport.get_extra_info("socket") is not None]
-        if len(alive) != len(batch):
-            raise _Refused("a connection of the batch closed while it was sent")
+        if not alive:
+            continue
         fds = [os.dup(conn.fileno()) for conn, _ in alive]
         try:
             await link.send(wire.dumps({"type": "conns", "conns": [data for _, data in alive]}), fds)
         finally:
             for fd in fds:
                 os.close(fd)   # the receiver has its own copies, or none: either way no FIN is sent
+        sent.extend(conn for conn, _ in alive)
     await step("sent", key)
     await link.send_obj({"type": "commit", "publisher": publisher_cid})
+    return sent
 
 
 async def _abort(link: _Link) -> None:
@@ -314,12 +317,14 @@ async def _hand_over_stream(worker, link: _Link, source: Source, stats: Handover
     await step("quiesced", source.key)
     publisher = source.publisher if source.publisher in conns else None
     try:
-        if publisher is not None and (publisher.closed or publisher in stuck):
+        if publisher is not None and publisher in stuck:
+            # Its session's position would be lost with the unsent bytes: the stream stays, whole.
             raise _Refused("its publisher's buffer did not empty")
         # The stream's members as they are now: churn closed some while we waited (never dup a closed one).
+        # A publisher that left meanwhile: the stream moves without one (its players wait there for it).
         movable = [c for c in movable if not c.closed]
         if publisher is not None and publisher not in movable:
-            raise _Refused("its publisher closed during the quiesce")
+            publisher = None
         pickled, too_big = _pickle_conns(movable)
         if publisher is not None and publisher in too_big:
             raise _Refused("its publisher's snapshot is too big to move")
@@ -329,7 +334,8 @@ async def _hand_over_stream(worker, link: _Link, source: Source, stats: Handover
         # The publisher goes last: the receiver resumes reading from it last, so a keyframe cannot trim the
         # log before the players it brings are attached.
         pickled.sort(key=lambda item: item[0] is publisher)
-        await _send_batch(link, source_payload, pickled, publisher.cid if publisher else None, source.key, step)
+        moved = await _send_batch(link, source_payload, pickled, publisher.cid if publisher else None,
+                                  source.key, step)
     except _LinkBroken as e:
         stats.broken = str(e)
         _keep_stream(worker, source, conns, stats, f"the link broke: {e}")
@@ -345,7 +351,6 @@ async def _hand_over_stream(worker, link: _Link, source: Source, stats: Handover
         _keep_stream(worker, source, conns, stats, f"{e!r}")
         await step("kept", source.key)
         return
-    moved = [conn for conn, _ in pickled]
     await _finish_batch(link, moved, stats)
     stats.streams += 1
     # Players whose buffer did not empty, or too big to move, stay here alone; the source went away.
@@ -400,7 +405,7 @@ async def _hand_over_idle(worker, link: _Link, stats: HandoverStats, step) -> No
         if not batch:
             continue
         try:
-            await _send_batch(link, None, batch, None, "", step)
+            moved = await _send_batch(link, None, batch, None, "", step)
         except _LinkBroken as e:
             stats.broken = str(e)
             _keep_idle(batch, stats, f"the link broke: {e}")
@@ -411,7 +416,7 @@ async def _hand_over_idle(worker, link: _Link, stats: HandoverStats, step) -> No
             await _abort(link)
             _keep_idle(batch, stats, str(e))
             continue
-        await _finish_batch(link, [conn for conn, _ in batch], stats)
+        await _finish_batch(link, moved, stats)
         await step("committed", "")
 
 

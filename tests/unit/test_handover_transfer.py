@@ -328,3 +328,66 @@ def test_batches_split_by_fd_count_and_bytes():
     assert sizes == [253, 253, 94]
     big = [(object(), b"x" * (transfer.MAX_BATCH_BYTES // 2 + 1)) for _ in range(3)]
     assert [len(b) for b in transfer._batches(big)] == [1, 1, 1]
+
+
+async def step_to(handover: Handover, phase: str) -> None:
+    while True:
+        assert await handover.step(), f"the handover ended before {phase}"
+        if handover.stepper.phase[0] == phase:
+            return
+
+
+def test_a_kick_while_its_batch_is_in_flight_is_carried_to_the_new_worker():
+    async def main():
+        old, new = await two_workers()
+        publisher, viewers = await stream_on(old)
+        handover = Handover(old, new, Stepper())
+        await step_to(handover, "sent")
+        viewers[0].kicked = True
+        old.conn_of(viewers[0].port).kick("kicked during the handover")
+        await handover.finish()
+        await wait_until(lambda: viewers[0].server_closed, what="the kicked viewer to see the close")
+        assert served_by(viewers[0], old, new) == []
+        assert viewers[1].live and served_by(viewers[1], old, new) == [1]
+        await media_flows(publisher, viewers[1:])
+        await close_all(old, new)
+    run(main())
+
+
+def test_a_publisher_that_reconnects_to_the_new_worker_mid_handover_keeps_its_players():
+    """The publisher drops and reconnects at once, landing on the new worker while its stream (with the old,
+    unnoticed connection) is being moved: the players join the live stream; they are not stranded."""
+    async def main():
+        old, new = await two_workers()
+        publisher, viewers = await stream_on(old)
+        handover = Handover(old, new, Stepper())
+        await step_to(handover, "quiesced")
+        await publisher.leave()                       # the old worker does not read it: it does not notice
+        again = await Client("publish", "s").open(new.rtmp_port)
+        sent, _ = await handover.finish()
+        assert sent.failed == 0 and sent.broken == ""
+        for v in viewers:
+            assert v.live and served_by(v, old, new) == [1]
+        source = new.worker.registry.sources["__defaultVhost__/live/s"]
+        assert source.publisher is new.conn_of(again.port)
+        await media_flows(again, viewers)
+        await close_all(old, new)
+    run(main())
+
+
+def test_a_publisher_gone_during_the_quiesce_lets_its_players_move_to_wait_on_the_new_worker():
+    async def main():
+        old, new = await two_workers()
+        publisher, viewers = await stream_on(old)
+        handover = Handover(old, new, Stepper())
+        await step_to(handover, "quiesced")
+        publisher.left = True
+        old.conn_of(publisher.port).close("connection lost")
+        sent, _ = await handover.finish()
+        assert sent.handed_over == 2 and sent.failed == 0
+        for v in viewers:
+            assert v.live and served_by(v, old, new) == [1]
+        again = await Client("publish", "s").open(new.rtmp_port)
+        await media_flows(again, viewers)
+        await close_all(old, new)
+    run(main())
