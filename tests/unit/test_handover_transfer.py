@@ -258,7 +258,7 @@ def test_a_viewer_that_never_reads_does_not_hold_back_its_stream(monkeypatch):
     left behind alone once its buffer stops shrinking, and it is cut LEFT_BEHIND_MAX_S later."""
     async def main():
         monkeypatch.setattr(transfer, "LEFT_BEHIND_MAX_S", 0.5, raising=False)
-        stuck_after_ms = getattr(transfer, "STUCK_AFTER_S", 0.1) * 1000
+        stuck_after_ms = getattr(transfer, "STUCK_AFTER_S", 0.1) * 1000     # (absent on c3acb38)
         old, new = await two_workers()
         publisher, viewers = await stream_on(old)
         stuck = await non_reading_viewer(old)
@@ -273,7 +273,9 @@ def test_a_viewer_that_never_reads_does_not_hold_back_its_stream(monkeypatch):
         print(f"stream stall with a never-reading viewer: {stall_ms:.1f} ms (the quiesce bound is "
               f"{transfer.QUIESCE_TIMEOUT_S * 1000:.0f} ms; a stuck writer is left after "
               f"{stuck_after_ms:.0f} ms)")
-        assert stall_ms < 3 * stuck_after_ms + 300, stall_ms
+        # Measured 128-149 ms on 2 shared cores (STUCK_AFTER_S plus the move itself): the goal is 150 ms,
+        # asserted with 3x. On c3acb38 it was the whole quiesce timeout, 2 s.
+        assert stall_ms < 3 * 150, stall_ms
         assert sent.drained == 1 and sent.handed_over == 3
         for c in [publisher, *viewers]:
             assert c.live and served_by(c, old, new) == [1]
