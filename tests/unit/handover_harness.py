@@ -21,7 +21,11 @@ CONFIG = """
 listen 1935;
 max_connections 1000;
 http_server { enabled on; listen 8080; }
-vhost __defaultVhost__ { http_remux { enabled on; mount [vhost]/[app]/[stream].flv; } }
+vhost __defaultVhost__ {
+    http_remux { enabled on; mount [vhost]/[app]/[stream].flv; }
+    # The state machine's publishers send media only when a rule says so: no idle timeout within a run.
+    publish { normal_timeout 600000; firstpkt_timeout 600000; }
+}
 """
 TIMEOUT_S = 10.0
 

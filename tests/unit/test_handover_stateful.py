@@ -201,7 +201,10 @@ class HandoverMachine(RuleBasedStateMachine):
         try:
             self.run(end(), timeout=60)
         finally:
-            self.loop.run_until_complete(asyncio.sleep(0))
+            pending = asyncio.all_tasks(self.loop)
+            for task in pending:
+                task.cancel()
+            self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             self.loop.close()
 
 
