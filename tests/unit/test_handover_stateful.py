@@ -201,11 +201,15 @@ class HandoverMachine(RuleBasedStateMachine):
         try:
             self.run(end(), timeout=60)
         finally:
-            pending = asyncio.all_tasks(self.loop)
-            for task in pending:
-                task.cancel()
-            self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            self.loop.run_until_complete(_cancel_the_rest())
             self.loop.close()
+
+
+async def _cancel_the_rest() -> None:
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 TestHandoverMachine = HandoverMachine.TestCase
