@@ -247,33 +247,29 @@ def _leave_behind(conns: list, stats: HandoverStats, source_gone: bool) -> None:
             stats.drained += 1
 
 
-def _pickle_conns(conns: list) -> tuple[list, list]:
-    """Each connection's snapshot, pickled on its own (I6). Returns ([(conn, bytes)], too_big)."""
-    out, too_big = [], []
+def _lazy_batches(conns: list, too_big: list):
+    """Frames' worth of (connection, pickled snapshot), each connection pickled only as its frame is built, so
+    the sender never holds more than one frame of snapshots (I6): at most MAX_FDS_PER_FRAME connections and
+    MAX_BATCH_BYTES. A connection whose own snapshot is over MAX_CONN_SNAPSHOT goes to `too_big` (it stays
+    behind alone); closed ones are skipped."""
+    batch, size = [], 0
     for conn in conns:
+        if conn.closed:
+            continue
         data = wire.dumps(conn.snapshot())
         if len(data) > MAX_CONN_SNAPSHOT:
             too_big.append(conn)
-        else:
-            out.append((conn, data))
-    return out, too_big
-
-
-def _batches(pickled: list) -> list[list]:
-    """Split into frames of at most MAX_FDS_PER_FRAME fds and MAX_BATCH_BYTES of snapshots (I6)."""
-    batches, batch, size = [], [], 0
-    for conn, data in pickled:
+            continue
         if batch and (len(batch) >= wire.MAX_FDS_PER_FRAME or size + len(data) > MAX_BATCH_BYTES):
-            batches.append(batch)
+            yield batch
             batch, size = [], 0
         batch.append((conn, data))
         size += len(data)
     if batch:
-        batches.append(batch)
-    return batches
+        yield batch
 
 
-async def _send_batch(link: _Link, source_payload: bytes | None, pickled: list, publisher_cid, key: str,
+async def _send_batch(link: _Link, source_payload: bytes | None, batches, publisher, too_big: list, key: str,
                       step) -> list:
     """One all-or-nothing batch (I3): [source], conns frames, commit. Returns the connections sent; raises
     _Refused or _LinkBroken. A connection that closed before its frame went out is left out of it (churn);
@@ -281,7 +277,9 @@ async def _send_batch(link: _Link, source_payload: bytes | None, pickled: list, 
     if source_payload is not None:
         await link.send(source_payload, [])
     sent = []
-    for batch in _batches(pickled):
+    for batch in batches:
+        if publisher is not None and publisher in too_big:
+            raise _Refused("its publisher's snapshot is too big to move")
         alive = [(conn, data) for conn, data in batch if not conn.closed and conn.transport is not None
                  and conn.transport.get_extra_info("socket") is not None]
         if not alive:
@@ -293,8 +291,12 @@ async def _send_batch(link: _Link, source_payload: bytes | None, pickled: list, 
             for fd in fds:
                 os.close(fd)   # the receiver has its own copies, or none: either way no FIN is sent
         sent.extend(conn for conn, _ in alive)
+    if publisher is not None and publisher in too_big:
+        raise _Refused("its publisher's snapshot is too big to move")
+    if not sent and source_payload is None:
+        return sent
     await step("sent", key)
-    await link.send_obj({"type": "commit", "publisher": publisher_cid})
+    await link.send_obj({"type": "commit", "publisher": publisher.cid if publisher in sent else None})
     return sent
 
 
@@ -325,16 +327,14 @@ async def _hand_over_stream(worker, link: _Link, source: Source, stats: Handover
         movable = [c for c in movable if not c.closed]
         if publisher is not None and publisher not in movable:
             publisher = None
-        pickled, too_big = _pickle_conns(movable)
-        if publisher is not None and publisher in too_big:
-            raise _Refused("its publisher's snapshot is too big to move")
+        too_big: list = []
         source_payload = wire.dumps({"type": "source", "source": source.snapshot()})
         if len(source_payload) > wire.MAX_PAYLOAD:
             raise _Refused(f"its source's snapshot of {len(source_payload)} bytes is over {wire.MAX_PAYLOAD}")
         # The publisher goes last: the receiver resumes reading from it last, so a keyframe cannot trim the
         # log before the players it brings are attached.
-        pickled.sort(key=lambda item: item[0] is publisher)
-        moved = await _send_batch(link, source_payload, pickled, publisher.cid if publisher else None,
+        movable.sort(key=lambda conn: conn is publisher)
+        moved = await _send_batch(link, source_payload, _lazy_batches(movable, too_big), publisher, too_big,
                                   source.key, step)
     except _LinkBroken as e:
         stats.broken = str(e)
@@ -397,19 +397,14 @@ async def _hand_over_idle(worker, link: _Link, stats: HandoverStats, step) -> No
     conns = [c for c in _idle(worker) if c.handing_over]
     movable, stuck = await _quiesce(conns)
     await step("quiesced", "")
-    movable = [c for c in movable if not c.closed]
-    pickled, too_big = _pickle_conns(movable)
-    _leave_behind(stuck + too_big, stats, source_gone=False)
-    for batch in _batches(pickled):
-        batch = [(c, d) for c, d in batch if not c.closed]
-        if not batch:
-            continue
+    too_big: list = []
+    for batch in _lazy_batches(movable, too_big):
         try:
-            moved = await _send_batch(link, None, batch, None, "", step)
+            moved = await _send_batch(link, None, [batch], None, too_big, "", step)
         except _LinkBroken as e:
             stats.broken = str(e)
             _keep_idle(batch, stats, f"the link broke: {e}")
-            return
+            break
         except Exception as e:  # _Refused or unexpected: this batch stays, the next may go
             if not isinstance(e, _Refused):
                 log.error("handover", f"handover of idle connections hit an error: {e!r}")
@@ -418,6 +413,7 @@ async def _hand_over_idle(worker, link: _Link, stats: HandoverStats, step) -> No
             continue
         await _finish_batch(link, moved, stats)
         await step("committed", "")
+    _leave_behind(stuck + too_big, stats, source_gone=False)
 
 
 def _keep_idle(batch: list, stats: HandoverStats, why: str) -> None:

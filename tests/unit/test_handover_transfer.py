@@ -324,13 +324,32 @@ def test_the_handover_does_not_import_the_api_layer():
     assert result.returncode == 0, result.stderr
 
 
-def test_batches_split_by_fd_count_and_bytes():
-    conns = [(object(), b"x" * 10) for _ in range(600)]
-    sizes = [len(b) for b in transfer._batches(conns)]
-    assert sizes == [253, 253, 94]
-    big = [(object(), b"x" * (transfer.MAX_BATCH_BYTES // 2 + 1)) for _ in range(3)]
-    assert [len(b) for b in transfer._batches(big)] == [1, 1, 1]
+class FakeConn:
+    def __init__(self, size: int, closed: bool = False):
+        self.size, self.closed = size, closed
 
+    def snapshot(self):
+        return b"x" * self.size
+
+
+def test_batches_split_by_fd_count_and_bytes_and_pickle_one_frame_at_a_time():
+    too_big: list = []
+    sizes = [len(b) for b in transfer._lazy_batches([FakeConn(10) for _ in range(600)], too_big)]
+    assert sizes == [253, 253, 94] and not too_big
+    half = transfer.MAX_BATCH_BYTES // 2 + 1
+    assert [len(b) for b in transfer._lazy_batches([FakeConn(half) for _ in range(3)], too_big)] == [1, 1, 1]
+    huge, closed = FakeConn(transfer.MAX_CONN_SNAPSHOT + 1), FakeConn(10, closed=True)
+    batches = list(transfer._lazy_batches([FakeConn(10), huge, closed, FakeConn(10)], too_big))
+    assert [len(b) for b in batches] == [2] and too_big == [huge]
+    pickled = []
+
+    class Watched(FakeConn):
+        def snapshot(self):
+            pickled.append(self)
+            return super().snapshot()
+    gen = transfer._lazy_batches([Watched(10) for _ in range(300)], [])
+    next(gen)
+    assert len(pickled) == 254, "the second frame's snapshots are not built before the first is sent"
 
 async def step_to(handover: Handover, phase: str) -> None:
     while True:
