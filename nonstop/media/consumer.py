@@ -104,7 +104,8 @@ class Consumer:
         return True
 
     def detach(self) -> None:
-        """Stop being fed, without leaving (a handover's quiesce): the source does not count it idle."""
+        """Stop being fed, without leaving (a handover's quiesce, which pins the source meanwhile so it is not
+        freed as idle: SourceRegistry.pin)."""
         self.source.consumers.discard(self)
 
     def reattach(self, now: float) -> None:
