@@ -22,7 +22,10 @@ I3. A batch is all or nothing: ACK = all moved, NAK = none moved. The receiver r
     a batch (and its source) before it registers any (`_Receiver._stage`); at the commit it connects the
     sockets with reading paused, and only once all are connected registers and resumes them in one
     synchronous step. Any failure before that step undoes the staging (the fds are closed without a FIN:
-    the sender still holds its own) and answers NAK.
+    the sender still holds its own) and answers NAK. uvloop reads a socket as soon as its transport exists:
+    a staged connection holds what it reads (RtmpConnection.data_received) and acts on it after the commit.
+    The one way such bytes can be lost is a socket that cannot be connected at all (EBADF-like) in the same
+    batch: the batch is then refused and what the others held is dropped with it.
 I4. What moved is never killed because something later failed. A failed batch rolls back only itself; the
     sender reports how many connections moved (`HandoverStats.handed_over`), and once anything has moved the
     old worker keeps the new one (worker_main: no rollback, the master does not kill it) and drains the rest.

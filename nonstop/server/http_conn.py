@@ -74,6 +74,7 @@ class HttpConnection(asyncio.Protocol):
         self.recv_bytes = 0
         self.handing_over = False
         self.restored: dict | None = None
+        self._held_eof = False
         self.wanted = None          # (method, vhost, app, stream) of a play waiting for a handover
         self.left_behind = False
 
@@ -116,6 +117,9 @@ class HttpConnection(asyncio.Protocol):
             self._respond(400, "Bad Request")
 
     def eof_received(self):
+        if self.restored is not None:
+            self._held_eof = True       # staged by a handover batch: acted on once it commits
+            return True
         self.close("client closed the connection")
         return False
 
@@ -347,6 +351,8 @@ class HttpConnection(asyncio.Protocol):
         self.transport.resume_reading()
         self.consumer.flush(time.monotonic())
         log.trace(self.cid, f"taken over: flv play {self._source.key}")
+        if self._held_eof:
+            self.close("client closed the connection")
 
     def abandon_takeover(self) -> None:
         """The batch did not commit: let go of our copy of the socket without a FIN (the sender keeps it)."""

@@ -53,6 +53,8 @@ class RtmpConnection(asyncio.Protocol):
         self.left_behind = False
         self.control_bytes = 0
         self.restored: dict | None = None   # the snapshot this connection was restored from, until resumed
+        self._held: list[bytes] = []        # bytes read while staged by a handover, until resumed
+        self._held_eof = False
         self.page_url = ""
         self.swf_url = ""
 
@@ -73,7 +75,8 @@ class RtmpConnection(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         if self.restored is not None:
-            # Taken over: nothing is read or written until the whole batch commits (transfer.py, I3).
+            # Taken over: nothing is acted on or written until the whole batch commits (transfer.py, I3).
+            # uvloop starts reading after this returns whatever we do here: what comes is held (below).
             transport.pause_reading()
             return
         peer = transport.get_extra_info("peername")
@@ -83,6 +86,12 @@ class RtmpConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
+            return
+        if self.restored is not None:
+            # Staged by a handover batch not yet committed: hold the bytes, read no more (resume_takeover
+            # feeds them to the session once the batch is registered).
+            self._held.append(data)
+            self.transport.pause_reading()
             return
         try:
             events = self.session.receive_data(data)
@@ -95,6 +104,9 @@ class RtmpConnection(asyncio.Protocol):
         self._flush_session()
 
     def eof_received(self):
+        if self.restored is not None:
+            self._held_eof = True       # staged: acted on once the batch commits
+            return True
         self.close("client closed the connection")
         return False
 
@@ -400,6 +412,11 @@ class RtmpConnection(asyncio.Protocol):
             self.consumer.flush(now)
         self._flush_session()
         log.trace(self.cid, f"taken over: {self.role or 'idle'} {source.key if source else ''}".rstrip())
+        held, self._held = self._held, []
+        if held:
+            self.data_received(b"".join(held))
+        if self._held_eof and not self.closed:
+            self.close("client closed the connection")
 
     def abandon_takeover(self) -> None:
         """The batch did not commit: let go of our copy of the socket without a FIN (the sender keeps it)."""

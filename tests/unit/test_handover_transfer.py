@@ -412,3 +412,30 @@ def test_a_publisher_gone_during_the_quiesce_lets_its_players_move_to_wait_on_th
         await media_flows(again, viewers)
         await close_all(old, new)
     run(main())
+
+
+def test_what_a_client_sends_while_its_batch_is_staged_is_acted_on_after_the_commit():
+    """uvloop starts reading a taken-over socket whatever connection_made does: a play sent by an idle client
+    while its batch was staged was acted on before the commit (a 'player' without a position: the batch was
+    refused). Now it is held, and acted on once the batch is registered."""
+    async def main():
+        old, new = await two_workers()
+        await stream_on(new)                            # the stream lives on the new worker already
+        client = await RtmpTestClient().open(old.rtmp_port)
+        port = client.writer.get_extra_info("sockname")[1]
+        await wait_until(lambda: old.conn_of(port) is not None)
+        handover = Handover(old, new, Stepper())
+        await step_to(handover, "sent")                 # the idle batch is staged on the new worker
+        client.session.create_stream()
+        client.session.play(1, "s")
+        client._flush()
+        await client.writer.drain()
+        await asyncio.sleep(0.05)
+        sent, _ = await handover.finish()
+        assert (sent.handed_over, sent.failed) == (1, 0), sent.as_dict()
+        await client.wait_for(lambda e: isinstance(e, rtmp.Status) and e.code == "NetStream.Play.Start")
+        conn = new.conn_of(port)
+        assert conn is not None and conn.role == "play" and conn.source is \
+            new.worker.registry.sources["__defaultVhost__/live/s"]
+        await close_all(old, new)
+    run(main())
