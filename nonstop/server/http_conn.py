@@ -337,9 +337,9 @@ class HttpConnection(asyncio.Protocol):
         """The batch committed (transfer.py): register, attach at the position, write again. With `rejoin`
         (a live source here that replaces the one it came with) it restarts there from the latest keyframe."""
         snap, self.restored = self.restored, None
-        self.worker.register_restored(self)
         if self.closed:
-            return
+            return      # it went away while staged (a reset): nothing to register
+        self.worker.register_restored(self)
         if rejoin is not None:
             self._source = rejoin
         self.consumer = Consumer(self._source, snap["consumer"]["fmt"], self)

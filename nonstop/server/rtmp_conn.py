@@ -383,9 +383,9 @@ class RtmpConnection(asyncio.Protocol):
         `rejoin` (a live source here that replaces the one this player came with), the player restarts on it
         from its latest keyframe, as a new player would."""
         snap, self.restored = self.restored, None
-        self.worker.register_restored(self)
         if self.closed:
-            return
+            return      # it went away while staged (a reset): nothing to register
+        self.worker.register_restored(self)
         now = time.monotonic()
         if rejoin is not None and self.role == ROLE_PLAY:
             self._source = rejoin
