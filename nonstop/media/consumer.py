@@ -115,6 +115,17 @@ class Consumer:
         self.position = target
         return True
 
+    def detach(self) -> None:
+        """Stop being fed, without leaving (a handover's quiesce, which pins the source meanwhile so it is not
+        freed as idle: SourceRegistry.pin)."""
+        self.source.consumers.discard(self)
+
+    def reattach(self, now: float) -> None:
+        """Be fed again after `detach` (the handover kept this player here)."""
+        if not self.closed:
+            self.source.consumers.add(self)
+            self.flush(now)
+
     def stop(self, now: float) -> None:
         if not self.closed:
             self.closed = True

@@ -86,7 +86,7 @@ class HttpConnection(asyncio.Protocol):
         self.head_bytes = 0
         self.buffered: list[bytes] = []
         self.role = ""
-        self.source = None
+        self._source = None          # until the consumer exists; then the consumer's (see `source`)
         self.consumer: Consumer | None = None
         self.vhost = None
         self.app = ""
@@ -101,16 +101,29 @@ class HttpConnection(asyncio.Protocol):
         self.recv_bytes = 0
         self.handing_over = False
         self.restored: dict | None = None
+        self._held_eof = False
         self.wanted = None          # (method, vhost, app, stream) of a play waiting for a handover
-        self.waited = False
         self.complete = False       # the request was read whole (and answered, handed on, or playing)
+        self.left_behind = False
+
+    @property
+    def source(self):
+        """The stream this player plays: its consumer's (one owner; Worker.adopt_source moves it)."""
+        if self.consumer is not None:
+            return self.consumer.source
+        return self._source
+
+    @source.setter
+    def source(self, value) -> None:
+        self._source = value
 
     # ----- asyncio callbacks -------------------------------------------------------------------------------
 
     def connection_made(self, transport) -> None:
         self.transport = transport
         if self.restored is not None:
-            self._resume_restored()
+            # Taken over: nothing is read or written until the whole batch commits (transfer.py, I3).
+            transport.pause_reading()
             return
         peer = transport.get_extra_info("peername")
         self.ip = peer[0] if peer else ""
@@ -135,6 +148,9 @@ class HttpConnection(asyncio.Protocol):
             self._respond(400, "Bad Request")
 
     def eof_received(self):
+        if self.restored is not None:
+            self._held_eof = True       # staged by a handover batch: acted on once it commits
+            return True
         self.close("client closed the connection")
         return False
 
@@ -213,7 +229,9 @@ class HttpConnection(asyncio.Protocol):
             return  # answered by the origin cluster (302 or 404)
         now = time.monotonic()
         source = self.worker.registry.get(vhost.name, app, stream)
-        if (source is None or source.publisher is None) and not self.waited:
+        if source is None or source.publisher is None:
+            # During an upgrade's handover the stream may be on its way: wait until its publisher is
+            # attached here, or the handover ends (Worker.retry_waiting_flv), instead of a 404.
             self.wanted = (method, vhost, app, stream)
             if self.worker.wait_for_takeover(self):
                 return
@@ -257,8 +275,7 @@ class HttpConnection(asyncio.Protocol):
         return source_key(vhost.name, app, stream)
 
     def retry_play(self) -> None:
-        """After waiting for an upgrade's handover (worker.wait_for_takeover): play now, or 404."""
-        self.waited = True
+        """After waiting for an upgrade's handover (worker.wait_for_takeover): play now, wait on, or 404."""
         self._play(*self.wanted)
 
     def on_source_unpublish(self) -> None:
@@ -340,6 +357,10 @@ class HttpConnection(asyncio.Protocol):
     def check_deadline(self, now: float) -> None:
         if self.closed:
             return
+        if self.left_behind:
+            if self.deadline is not None and now >= self.deadline:
+                self.close("left behind by an upgrade's handover")
+            return
         if self.role == "play":
             if self.source is None or self.source.publisher is not None or self.handing_over:
                 return
@@ -361,8 +382,8 @@ class HttpConnection(asyncio.Protocol):
             self.control_bytes += self.consumer.bytes_sent
             self.worker.closed_dropped += self.consumer.dropped     # for /metrics' dropped messages
             self.consumer = None
-        if abort:
-            reset(self.transport)
+        if abort or self.left_behind:
+            reset(self.transport)       # a kick, or a left-behind connection whose bound is up
         elif self.transport is not None:
             self.transport.close()
         if self.role:
@@ -377,13 +398,12 @@ class HttpConnection(asyncio.Protocol):
     def begin_handover(self) -> None:
         self.handing_over = True
         if self.consumer is not None:
-            self.source.consumers.discard(self.consumer)
+            self.consumer.detach()
 
     def cancel_handover(self) -> None:
         self.handing_over = False
-        if not self.closed and self.consumer is not None and self.source is not None:
-            self.source.consumers.add(self.consumer)
-            self.consumer.flush(time.monotonic())
+        if not self.closed and self.consumer is not None:
+            self.consumer.reattach(time.monotonic())
 
     def finish_handover(self) -> None:
         self.closed = True
@@ -392,6 +412,13 @@ class HttpConnection(asyncio.Protocol):
         self.worker.forget(self)
         self.transport.abort()
         log.trace(self.cid, "handed over to the new worker")
+
+    def leave_behind(self, deadline: float, source_gone: bool) -> None:
+        """Left here by the handover alone (transfer.py I5): it drains, and is cut at `deadline`."""
+        self.handing_over = False
+        if not self.closed:
+            self.left_behind = True
+            self.deadline = deadline
 
     def snapshot(self) -> dict:
         return {"kind": self.kind, "cid": self.cid, "listener": self.listener, "ip": self.ip, "role": self.role,
@@ -403,31 +430,49 @@ class HttpConnection(asyncio.Protocol):
                 "control_bytes": self.control_bytes, "recv_bytes": self.recv_bytes, "deadline": self.deadline}
 
     @classmethod
-    def restore(cls, worker, snap: dict) -> "HttpConnection":
+    def restore(cls, worker, snap: dict, source=None) -> "HttpConnection":
+        """An FLV player from a handover snapshot, with its stream's source from the same batch. Raises on a
+        snapshot that does not fit (transfer.py refuses the whole batch then, I3)."""
         self = cls(worker, snap["listener"])
         self.cid, self.ip, self.role = snap["cid"], snap["ip"], snap["role"]
         if snap["vhost"] is not None:
             self.vhost = worker.config.vhosts.get(snap["vhost"]) or worker.config.vhost_for(None)
         self.app, self.stream, self.query = snap["app"], snap["stream"], snap["query"]
-        if snap["source_key"] is not None:
-            self.source = worker.registry.sources.get(snap["source_key"])
+        if source is None or snap["source_key"] != source.key or snap["consumer"] is None:
+            raise ValueError(f"an FLV player of {snap['source_key']} came without its source or position")
+        self._source = source
         self.created_at, self.created_wall = snap["created_at"], snap["created_wall"]
         self.control_bytes, self.recv_bytes = snap["control_bytes"], snap["recv_bytes"]
         self.deadline = snap.get("deadline")      # a republish window in progress (monotonic: system-wide)
         self.restored = snap
         return self
 
-    def _resume_restored(self) -> None:
+    def resume_takeover(self, rejoin=None) -> None:
+        """The batch committed (transfer.py): register, attach at the position, write again. With `rejoin`
+        (a live source here that replaces the one it came with) it restarts there from the latest keyframe."""
         snap, self.restored = self.restored, None
+        if self.closed:
+            return      # it went away while staged (a reset): nothing to register
         self.worker.register_restored(self)
-        if self.source is None or snap["consumer"] is None:
-            self.close("handed over without its source")
-            return
-        self.consumer = Consumer(self.source, snap["consumer"]["fmt"], self)
+        if rejoin is not None:
+            self._source = rejoin
+        self.consumer = Consumer(self._source, snap["consumer"]["fmt"], self)
         self.consumer.restore_counters(snap["consumer"])
-        self.consumer.attach(snap["consumer"]["position"])
+        if rejoin is not None:
+            self.consumer.start(time.monotonic())
+        else:
+            self.consumer.attach(snap["consumer"]["position"])
+        self.transport.resume_reading()
         self.consumer.flush(time.monotonic())
-        log.trace(self.cid, f"taken over: flv play {self.source.key}")
+        log.trace(self.cid, f"taken over: flv play {self._source.key}")
+        if self._held_eof:
+            self.close("client closed the connection")
+
+    def abandon_takeover(self) -> None:
+        """The batch did not commit: let go of our copy of the socket without a FIN (the sender keeps it)."""
+        self.restored = None
+        self.closed = True
+        self.transport.abort()
 
     @property
     def send_bytes(self) -> int:

@@ -42,7 +42,7 @@ class RtmpConnection(asyncio.Protocol):
         self.ip = ""
         self.role = ROLE_NONE
         self.vhost = None            # the config.Vhost serving this client
-        self.source = None
+        self._source = None          # a publisher's source; a player's is its consumer's (see `source`)
         self.consumer: Consumer | None = None
         self.stream_id = 0
         self.publish_fmle = False
@@ -55,17 +55,34 @@ class RtmpConnection(asyncio.Protocol):
         self.closed = False
         self.close_reason = ""
         self.handing_over = False
+        self.left_behind = False
         self.control_bytes = 0
         self.restored: dict | None = None   # the snapshot this connection was restored from, until resumed
+        self._held: list[bytes] = []        # bytes read while staged by a handover, until resumed
+        self._held_eof = False
         self.page_url = ""
         self.swf_url = ""
+
+    @property
+    def source(self):
+        """The stream this connection publishes or plays. One owner: a player's consumer knows which source it
+        plays (Worker.adopt_source moves it), so the handover, the API and this connection all ask it."""
+        if self.consumer is not None:
+            return self.consumer.source
+        return self._source
+
+    @source.setter
+    def source(self, value) -> None:
+        self._source = value
 
     # ----- asyncio callbacks -------------------------------------------------------------------------------
 
     def connection_made(self, transport) -> None:
         self.transport = transport
         if self.restored is not None:
-            self._resume_restored()
+            # Taken over: nothing is acted on or written until the whole batch commits (transfer.py, I3).
+            # uvloop starts reading after this returns whatever we do here: what comes is held (below).
+            transport.pause_reading()
             return
         peer = transport.get_extra_info("peername")
         self.ip = peer[0] if peer else ""
@@ -77,6 +94,12 @@ class RtmpConnection(asyncio.Protocol):
         reading and parse on at the loop's next turn (call_soon), so one client's read never holds the loop:
         the other connections, the API and the tick run between two slices."""
         if self.closed:
+            return
+        if self.restored is not None:
+            # Staged by a handover batch not yet committed: hold the bytes, read no more (resume_takeover
+            # feeds them to the session once the batch is registered).
+            self._held.append(data)
+            self.transport.pause_reading()
             return
         try:
             events = self.session.receive_data(data)
@@ -103,6 +126,9 @@ class RtmpConnection(asyncio.Protocol):
         self.data_received(b"")
 
     def eof_received(self):
+        if self.restored is not None:
+            self._held_eof = True       # staged: acted on once the batch commits
+            return True
         self.close("client closed the connection")
         return False
 
@@ -133,7 +159,7 @@ class RtmpConnection(asyncio.Protocol):
                 if not self.got_media:
                     self.deadline = None    # the first packet came in time: normal_timeout applies from now
                 self.got_media = True
-                self.source.on_media(event.type_id, event.timestamp, event.payload, self.last_media_at)
+                self._source.on_media(event.type_id, event.timestamp, event.payload, self.last_media_at)
         elif isinstance(event, rtmp.ConnectRequest):
             self._on_connect(event)
         elif isinstance(event, rtmp.PublishRequest):
@@ -366,8 +392,8 @@ class RtmpConnection(asyncio.Protocol):
         elif self.consumer is not None:
             self._stop_playing()
         self.session.close()
-        if abort:
-            reset(self.transport)
+        if abort or self.left_behind:
+            reset(self.transport)       # a kick, or a left-behind connection whose bound is up
         elif self.transport is not None:
             self.transport.close()
         alive = time.monotonic() - self.created_at
@@ -383,16 +409,15 @@ class RtmpConnection(asyncio.Protocol):
         self.handing_over = True
         self.transport.pause_reading()
         if self.consumer is not None:
-            self.source.consumers.discard(self.consumer)
+            self.consumer.detach()
 
     def cancel_handover(self) -> None:
         self.handing_over = False
         if self.closed:
             return
         self.transport.resume_reading()
-        if self.consumer is not None and self.source is not None:
-            self.source.consumers.add(self.consumer)
-            self.consumer.flush(time.monotonic())
+        if self.consumer is not None:
+            self.consumer.reattach(time.monotonic())
 
     def finish_handover(self) -> None:
         """The receiver holds the socket now: close our fd only, so the client sees no FIN and no RST."""
@@ -402,6 +427,22 @@ class RtmpConnection(asyncio.Protocol):
         self.worker.forget(self)
         self.transport.abort()
         log.trace(self.cid, "handed over to the new worker")
+
+    def leave_behind(self, deadline: float, source_gone: bool) -> None:
+        """Left here by the handover, alone (a writer that did not drain, or too big to move; transfer.py I5):
+        it drains what it holds and is closed at `deadline`, so the old worker's exit is bounded. A player
+        of a stream that moved is told the stream ended; a connection with no stream stays unread (it must
+        not start a stream here that lives on in the new worker)."""
+        self.handing_over = False
+        if self.closed:
+            return
+        if source_gone and self.role:
+            self.transport.resume_reading()
+            if self.role == ROLE_PLAY:
+                self.on_source_unpublish()
+        self.close_reason = "left behind by an upgrade's handover"
+        self.deadline = deadline
+        self.left_behind = True
 
     def snapshot(self) -> dict:
         return {
@@ -418,14 +459,22 @@ class RtmpConnection(asyncio.Protocol):
         }
 
     @classmethod
-    def restore(cls, worker, snap: dict) -> "RtmpConnection":
+    def restore(cls, worker, snap: dict, source=None) -> "RtmpConnection":
+        """A connection from a handover snapshot; `source` is its stream's source from the same batch. Raises
+        on a snapshot that does not fit (transfer.py refuses the whole batch then, I3)."""
         self = cls(worker, snap["listener"])
         self.cid, self.ip, self.role = snap["cid"], snap["ip"], snap["role"]
         self.session = rtmp.RtmpSession.restore(snap["session"])
         if snap["vhost"] is not None:
             self.vhost = worker.config.vhosts.get(snap["vhost"]) or worker.config.vhost_for(None)
-        if snap["source_key"] is not None:
-            self.source = worker.registry.sources.get(snap["source_key"])
+        if self.role:
+            if source is None or snap["source_key"] != source.key:
+                raise ValueError(f"a {self.role} connection of {snap['source_key']} came without its source")
+            if self.role == ROLE_PLAY and snap["consumer"] is None:
+                raise ValueError("a player came without its position")
+            if self.vhost is None:
+                raise ValueError(f"a {self.role} connection came without its vhost")
+            self._source = source
         self.stream_id, self.publish_fmle = snap["stream_id"], snap["publish_fmle"]
         self.created_at, self.created_wall = snap["created_at"], snap["created_wall"]
         self.deadline, self.last_media_at = snap["deadline"], snap["last_media_at"]
@@ -435,23 +484,51 @@ class RtmpConnection(asyncio.Protocol):
         self.restored = snap
         return self
 
-    def _resume_restored(self) -> None:
+    def resume_takeover(self, rejoin=None) -> None:
+        """The batch committed (transfer.py): register, attach to the source, read and write again. With
+        `rejoin` (a live source here that replaces the one this player came with), the player restarts on it
+        from its latest keyframe, as a new player would."""
         snap, self.restored = self.restored, None
+        if self.closed:
+            return      # it went away while staged (a reset): nothing to register
         self.worker.register_restored(self)
         now = time.monotonic()
-        if self.role == ROLE_PUBLISH and self.source is not None:
-            self.source.publisher = self
-            self.source.idle_since = None
-        elif self.role == ROLE_PLAY and self.source is not None and snap["consumer"] is not None:
-            self.consumer = Consumer(self.source, snap["consumer"]["fmt"], self)
-            self.consumer.restore_counters(snap["consumer"])
-            self.consumer.attach(snap["consumer"]["position"])
-            self.consumer.flush(now)
-        elif self.role:
-            self.close("handed over without its source")
+        if rejoin is not None and self.role == ROLE_PLAY:
+            self._source = rejoin
+        source = self._source
+        if self.role == ROLE_PUBLISH and rejoin is not None:
+            # Its stream has a publisher here already (it reconnected during the upgrade): this one is a
+            # second publisher of a busy stream.
+            self.role, self._source = ROLE_NONE, None
+            self.close("stream busy: it has another publisher on the new worker")
             return
+        if self.role == ROLE_PUBLISH:
+            source.publisher = self
+            source.idle_since = None
+        elif self.role == ROLE_PLAY:
+            self.consumer = Consumer(source, snap["consumer"]["fmt"], self)
+            self.consumer.restore_counters(snap["consumer"])
+            if rejoin is not None:
+                self.on_source_publish()
+                self.consumer.start(now)
+            else:
+                self.consumer.attach(snap["consumer"]["position"])
+        self.transport.resume_reading()
+        if self.consumer is not None:
+            self.consumer.flush(now)
         self._flush_session()
-        log.trace(self.cid, f"taken over: {self.role or 'idle'} {self.source.key if self.source else ''}".rstrip())
+        log.trace(self.cid, f"taken over: {self.role or 'idle'} {source.key if source else ''}".rstrip())
+        held, self._held = self._held, []
+        if held:
+            self.data_received(b"".join(held))
+        if self._held_eof and not self.closed:
+            self.close("client closed the connection")
+
+    def abandon_takeover(self) -> None:
+        """The batch did not commit: let go of our copy of the socket without a FIN (the sender keeps it)."""
+        self.restored = None
+        self.closed = True
+        self.transport.abort()
 
     # ----- stats, read by the API and metrics ---------------------------------------------------------------
 

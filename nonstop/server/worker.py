@@ -195,23 +195,28 @@ class Worker:
     # ----- handover ---------------------------------------------------------------------------------------
 
     def adopt_source(self, source) -> None:
+        """A source handed over by an upgrade's old worker (transfer.py registers it with its connections in
+        one step). Players that joined here before it arrived move to it: their consumer is the one owner of
+        which source they play (the connections ask it), so the next handover moves them with it too."""
         self.adopted_sources += 1
         if self.on_adopt_source is not None:
             self.on_adopt_source(self.adopted_sources)
         existing = self.registry.sources.get(source.key)
         self.registry.adopt(source)
-        if existing is not None:
+        if existing is not None and existing is not source:
             # Players that joined here before the handover restart on the handed-over source, at its GOP.
             now = time.monotonic()
+            existing.on_idle = None
             for consumer in list(existing.consumers):
+                existing.consumers.discard(consumer)
                 consumer.source = source
                 consumer.start(now)
         self.cluster.adopt_source(source)   # an edge source: re-establish its upstream (nonstop/cluster)
-        self.retry_waiting_flv(source.key)
 
     def wait_for_takeover(self, conn) -> bool:
-        """An HTTP-FLV play of a stream not here yet, while an upgrade's handover is under way: the stream may
-        be on its way, so the play waits for it (until the handover ends) instead of a 404."""
+        """An HTTP-FLV play of a stream not here yet (or here without its publisher), while an upgrade's
+        handover is under way: the stream may be on its way, so the play waits for it (until its publisher is
+        attached, or the handover ends) instead of a 404."""
         if not self.taking_over:
             return False
         self._waiting_flv.append(conn)
@@ -227,12 +232,12 @@ class Worker:
                 continue
             conn.retry_play()
 
-    async def adopt_connection(self, snap: dict, fd: int) -> None:
-        sock = socket.socket(fileno=fd)
-        sock.setblocking(False)
+    def restore_connection(self, snap: dict, source):
+        """A connection restored from a handover snapshot, of the stream whose source comes in the same batch
+        (None for a connection with no stream). Raises if it cannot be restored; nothing is registered
+        until transfer.py commits the batch."""
         cls = RtmpConnection if snap["kind"] == "rtmp" else HttpConnection
-        conn = cls.restore(self, snap)
-        await asyncio.get_running_loop().connect_accepted_socket(lambda: conn, sock=sock)
+        return cls.restore(self, snap, source)
 
     def register_restored(self, conn) -> None:
         self.conns[conn.cid] = conn
