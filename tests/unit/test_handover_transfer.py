@@ -210,17 +210,19 @@ def test_frames_are_bounded_by_construction_and_an_oversized_connection_stays_be
     async def main():
         old, new = await two_workers()
         publisher, viewers = await stream_on(old)
-        monkeypatch.setattr(wire, "MAX_PAYLOAD", 200_000)
-        monkeypatch.setattr(transfer, "MAX_BATCH_BYTES", 100_000, raising=False)
-        monkeypatch.setattr(transfer, "MAX_CONN_SNAPSHOT", 70_000, raising=False)
+        # Scaled down: since the pre-identify caps (rtmp.MAX_PARTIAL_UNPUBLISHED, 32 KiB) a client that has not
+        # published can hold no more than that, so the frame bounds are scaled below it.
+        monkeypatch.setattr(wire, "MAX_PAYLOAD", 100_000)
+        monkeypatch.setattr(transfer, "MAX_BATCH_BYTES", 50_000, raising=False)
+        monkeypatch.setattr(transfer, "MAX_CONN_SNAPSHOT", 25_000, raising=False)
         monkeypatch.setattr(transfer, "LEFT_BEHIND_MAX_S", 0.3, raising=False)
-        idle = [await idle_client(old.rtmp_port, 40_000) for _ in range(6)]
-        huge = await idle_client(old.rtmp_port, 90_000)
+        idle = [await idle_client(old.rtmp_port, 20_000) for _ in range(6)]
+        huge = await idle_client(old.rtmp_port, 30_000)
         ports = [c.writer.get_extra_info("sockname")[1] for c in idle]
         huge_port = huge.writer.get_extra_info("sockname")[1]
-        await wait_until(lambda: all(old.conn_of(p) is not None and old.conn_of(p).recv_bytes > 40_000
+        await wait_until(lambda: all(old.conn_of(p) is not None and old.conn_of(p).recv_bytes > 20_000
                                      for p in ports) and old.conn_of(huge_port) is not None
-                         and old.conn_of(huge_port).recv_bytes > 90_000, what="partial messages held")
+                         and old.conn_of(huge_port).recv_bytes > 30_000, what="partial messages held")
         sent, received = await Handover(old, new).finish()
         assert sent.broken == "" and sent.failed == 0 and sent.drained == 1
         assert sent.handed_over == 3 + 6
