@@ -30,8 +30,9 @@ $(TEST_STAMP): $(STAMP) pyproject.toml
 
 # Debian packages the end-to-end tests drive: ffmpeg/ffprobe as clients, nginx-rtmp as a peer server; for the
 # Kubernetes tests, kubectl (its `kustomize`; Debian's kubernetes-client only when no kubectl is installed) and
-# haproxy, which plays the Service in the rollout simulation.
-DEB_TEST_PACKAGES := ffmpeg nginx libnginx-mod-rtmp kubernetes-client haproxy
+# haproxy, which plays the Service in the rollout simulation; chromium, headless, for the console and player
+# tests (driven over the DevTools protocol by tests/browser.py: no browser download).
+DEB_TEST_PACKAGES := ffmpeg nginx libnginx-mod-rtmp kubernetes-client haproxy chromium
 
 test-deps: $(TEST_STAMP)
 	@missing=""; \
@@ -40,6 +41,7 @@ test-deps: $(TEST_STAMP)
 	test -f /usr/lib/nginx/modules/ngx_rtmp_module.so || missing="$$missing libnginx-mod-rtmp"; \
 	command -v kubectl >/dev/null || missing="$$missing kubernetes-client"; \
 	command -v haproxy >/dev/null || test -x /usr/sbin/haproxy || missing="$$missing haproxy"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then apt-get update -q && $(APT_INSTALL) $$missing; fi
 
 # The manifests must also build with Debian's kubectl 1.20 (kustomize v2) when another kubectl is installed:
