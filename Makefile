@@ -10,7 +10,7 @@ TEST_STAMP := $(VENV)/.installed-test
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-long test-deps test-kustomize-v2 clean
+.PHONY: install run test test-long test-deps test-kustomize-v2 clean console-vendor
 
 install: $(STAMP)
 
@@ -63,3 +63,20 @@ test-long: test-deps
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+
+# The player's libraries, shipped built inside the package (nonstop/console/vendor/, committed; no CDN at run
+# time). This refreshes them from npm at the pinned versions; bump a version here, run it, commit the result.
+MPEGTS_JS_VERSION := 1.8.2
+HLS_JS_VERSION := 1.7.4
+CONSOLE_VENDOR := nonstop/console/vendor
+console-vendor:
+	@tmp=$$(mktemp -d) && cd $$tmp && npm pack -q mpegts.js@$(MPEGTS_JS_VERSION) hls.js@$(HLS_JS_VERSION) >/dev/null && \
+	mkdir m h && tar xzf mpegts.js-$(MPEGTS_JS_VERSION).tgz -C m && tar xzf hls.js-$(HLS_JS_VERSION).tgz -C h && \
+	cd $(CURDIR) && mkdir -p $(CONSOLE_VENDOR) && \
+	cp $$tmp/m/package/dist/mpegts.js $(CONSOLE_VENDOR)/mpegts.js && \
+	cp $$tmp/m/package/LICENSE $(CONSOLE_VENDOR)/LICENSE.mpegts.js && \
+	cp $$tmp/m/package/dist/mpegts.js.LICENSE.txt $(CONSOLE_VENDOR)/mpegts.js.LICENSE.txt && \
+	cp $$tmp/h/package/dist/hls.light.min.js $(CONSOLE_VENDOR)/hls.light.min.js && \
+	cp $$tmp/h/package/LICENSE $(CONSOLE_VENDOR)/LICENSE.hls.js && \
+	printf 'mpegts.js %s (dist/mpegts.js)\nhls.js %s (dist/hls.light.min.js)\n' $(MPEGTS_JS_VERSION) $(HLS_JS_VERSION) \
+		> $(CONSOLE_VENDOR)/VERSIONS && rm -rf $$tmp && echo "refreshed $(CONSOLE_VENDOR)"

@@ -24,6 +24,7 @@ from nonstop.media.consumer import Consumer
 from nonstop.media.packet import FORMAT_FLV
 from nonstop.media.registry import new_id, source_key
 from nonstop.protocol import flv
+from nonstop.console import pages as console_pages
 from nonstop.server.names import name_problem
 from nonstop.reset import reset
 
@@ -176,6 +177,12 @@ class HttpConnection(asyncio.Protocol):
             self._respond(200, "OK", body=b"")
             return
         match = self.worker.match_flv(path)
+        if match is None:
+            page = console_pages.answer(method, path, self.worker.config)    # /console/, /players/, /
+            if page is not None:
+                self._write(page)
+                self.close("answered a console page")
+                return
         if match is None:
             if self.worker.api_app_for(self.listener) is not None:
                 self._hand_to_api()
