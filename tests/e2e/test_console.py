@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -193,3 +194,80 @@ def test_the_player_keeps_playing_through_an_upgrade(browser, server, publisher)
     assert after["worst"] < 1000, after
     assert after["state"] == "playing" and not after["error"], after
     assert page.errors == [], page.errors
+
+
+def test_the_console_polls_one_summary_not_a_request_per_row(browser, server, publisher):
+    players = [start_flv_player(server.flv_url()) for _ in range(3)]
+    try:
+        wait_for(lambda: api_json(server, "/api/v1/nonstop/summary")["data"]["totals"]["clients"] >= 4, 15,
+                 what="three players")
+        page = open_console(browser, server, "clients")
+        page.wait_for("window.nonstopConsole.polls >= 3", 10, what="three polls")
+        for view in ("streams", "upgrades", "cluster", "overview"):
+            page.eval(f"location.hash = '#{view}'")
+        page.wait_for("window.nonstopConsole.polls >= 4", 10, what="a fourth poll")
+        api_calls = page.eval("performance.getEntriesByType('resource').map(e => new URL(e.name).pathname)"
+                              ".filter(p => p.startsWith('/api/'))")
+        polls = page.eval("window.nonstopConsole.polls")
+        print(f"{polls} polls, API requests: {sorted(set(api_calls))} x{len(api_calls)}")
+        assert set(api_calls) == {"/api/v1/nonstop/summary"}
+        assert len(api_calls) <= polls + 1
+        assert page.errors == [], page.errors
+    finally:
+        for player in players:
+            stop_proc(player)
+
+
+AUTH = {"NONSTOP_HTTP_API_AUTH_ENABLED": "on", "NONSTOP_HTTP_API_AUTH_USERNAME": "admin",
+        "NONSTOP_HTTP_API_AUTH_PASSWORD": "s3cret"}
+
+
+def test_with_auth_the_console_asks_to_sign_in_and_its_upgrade_button_upgrades(browser):
+    """The console on the HTTP port reads the API on its own port with the API's Basic auth (a cross-origin
+    request with Authorization: the API's CORS must allow it), and shows the write buttons only then."""
+    with UpgradeServer(env=AUTH) as server:
+        page = browser.new_page()
+        page.goto(f"http://127.0.0.1:{server.http_port}/console/#upgrades")
+        page.wait_for("!document.getElementById('login').classList.contains('hidden')", 10, what="the sign-in form")
+        page.eval("document.getElementById('login-user').value = 'admin';"
+                  "document.getElementById('login-pass').value = 's3cret';"
+                  "document.getElementById('login').requestSubmit()")
+        page.wait_for("window.nonstopConsole.polls > 0 && !!document.getElementById('do-upgrade')", 10,
+                      what="the upgrade button after signing in")
+        page.click("#do-upgrade")
+        page.wait_for("!!document.querySelector('tr.history[data-kind=upgrade][data-state=done]')", 30,
+                      what="the upgrade asked from the page to be done")
+        assert "asked for an upgrade: signal SIGUSR2 to the master" in server.log()
+        # The 401 of the first poll is the browser's only complaint (a failed resource load, logged by Chromium).
+        assert [e for e in page.errors if "401" not in e] == [], page.errors
+        shot(page, "console-upgrades-auth")
+
+
+def test_the_write_endpoints_need_auth_on_and_the_summary_is_behind_auth():
+    with UpgradeServer() as server:
+        for what in ("reload", "upgrade"):
+            request = urllib.request.Request(server.api(f"/api/v1/nonstop/{what}"), method="POST")
+            try:
+                urllib.request.urlopen(request, timeout=3)
+                raise AssertionError("a write without auth was taken")
+            except urllib.error.HTTPError as e:
+                assert e.code == 403, e.code
+        assert "upgrade:" not in server.log() and "reload config" not in server.log()
+        workers = api_json(server, "/api/v1/nonstop/workers")
+        assert [w["generation"] for w in workers["workers"]] == [1]
+        assert {p["role"] for p in workers["processes"]} == {"master", "worker"}
+        assert api_json(server, "/api/v1/nonstop/upgrades")["last"]["state"] == "idle"
+    with UpgradeServer(env=AUTH) as server:
+        try:
+            urllib.request.urlopen(server.api("/api/v1/nonstop/summary"), timeout=3)
+            raise AssertionError("the summary answered without credentials")
+        except urllib.error.HTTPError as e:
+            assert e.code == 401
+        # The console on the HTTP port sends Authorization cross-origin: the preflight must name it (the Fetch
+        # standard's `*` does not cover Authorization; Chromium only warns, other browsers refuse).
+        preflight = urllib.request.Request(server.api("/api/v1/nonstop/summary"), method="OPTIONS", headers={
+            "Origin": f"http://127.0.0.1:{server.http_port}", "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "authorization"})
+        with urllib.request.urlopen(preflight, timeout=3) as r:
+            allowed = [h.strip().lower() for h in r.headers["Access-Control-Allow-Headers"].split(",")]
+        assert "authorization" in allowed, allowed
