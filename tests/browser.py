@@ -50,6 +50,7 @@ class Browser:
         self.listeners: dict[str, list] = {}      # sessionId -> [callback(method, params)]
         self.session = None
         self.ws = None
+        self.pages: list[Page] = []
         self.reader = None
 
     # ----- lifecycle -----------------------------------------------------------------------------------
@@ -155,12 +156,19 @@ class Browser:
         target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
         session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         page = Page(self, target, session)
+        self.pages.append(page)
         self.loop.call_soon_threadsafe(self.listeners.setdefault(session, []).append, page._on_event)
         for domain in ("Page", "Runtime", "Log"):
             page.call(f"{domain}.enable")
         page.call("Emulation.setDeviceMetricsOverride",
                   {"width": self.width, "height": self.height, "deviceScaleFactor": 1, "mobile": False})
         return page
+
+
+    def close_pages(self) -> None:
+        """Close every tab (a tab left open would go on playing and polling in the background)."""
+        while self.pages:
+            self.pages.pop().close()
 
 
 class Page:
@@ -188,6 +196,12 @@ class Page:
 
     def call(self, method: str, params: dict | None = None, timeout: float = CALL_TIMEOUT_S) -> dict:
         return self.browser.call(method, params, self.session, timeout)
+
+    def close(self) -> None:
+        try:
+            self.browser.call("Target.closeTarget", {"targetId": self.target}, timeout=5)
+        except (CdpError, TimeoutError):
+            pass
 
     def goto(self, url: str, timeout: float = CALL_TIMEOUT_S) -> None:
         self.call("Page.navigate", {"url": url}, timeout)

@@ -17,9 +17,16 @@ from tests.helpers import ROOT, publish_live, stop_proc, wait_for
 
 
 @pytest.fixture(scope="module")
-def browser():
+def chromium():
     with Browser() as b:
         yield b
+
+
+@pytest.fixture
+def browser(chromium):
+    """The module's Chromium; the tabs a test opened are closed after it."""
+    yield chromium
+    chromium.close_pages()
 
 
 def test_the_browser_harness_reports_console_errors(browser):

@@ -68,6 +68,16 @@ async function poll() {
   try {
     const body = await api.get("/api/v1/nonstop/summary");
     const d = body.data;
+    // In and out from the service's byte totals between two polls: they run on across an upgrade (the new
+    // worker carries the old one's totals), where a worker's own 30 s rates start again from zero.
+    const prev = state.data;
+    const span = prev ? (d.now_ms - prev.now_ms) / 1000 : 0;
+    if (span > 0.5 && d.totals.recv_bytes >= prev.totals.recv_bytes && d.totals.send_bytes >= prev.totals.send_bytes) {
+      d.totals.kbps = {
+        recv_30s: Math.round((d.totals.recv_bytes - prev.totals.recv_bytes) * 8 / 1000 / span),
+        send_30s: Math.round((d.totals.send_bytes - prev.totals.send_bytes) * 8 / 1000 / span),
+      };
+    }
     state.data = d;
     state.polls++;
     series[0].push(d.totals.kbps.recv_30s);

@@ -73,14 +73,17 @@ function tick() {
   if (q) { stats.decoded = q.totalVideoFrames; stats.dropped = q.droppedVideoFrames; }
   const b = video.buffered;
   stats.latency = b.length ? Math.max(0, b.end(b.length - 1) - video.currentTime) : 0;
+  // A stall is the time between two polls that saw the decoded-frame count go up, counted from the first
+  // decoded frame on (the start-up is not a stall) and measured to POLL_MS: a smooth stream shows 50 to 100 ms.
   if (stats.decoded > stats.lastFrames) {
-    if (stats.lastFrames > 0) stats.state = "playing";
+    if (stats.lastAdvance) {
+      stats.state = "playing";
+      stats.worstStallMs = Math.max(stats.worstStallMs, now - stats.lastAdvance);
+    }
     stats.lastFrames = stats.decoded;
     stats.lastAdvance = now;
     stats.currentStallMs = 0;
   } else if (stats.lastAdvance && !video.paused) {
-    // A stall counts from the first decoded frame on (the start-up is not a stall): the time since the decoded
-    // frame count last went up, measured to POLL_MS (so a smooth 25 fps stream shows 40 to 100 ms).
     stats.currentStallMs = now - stats.lastAdvance;
     if (stats.currentStallMs > stats.worstStallMs) stats.worstStallMs = stats.currentStallMs;
     if (stats.currentStallMs > 1000 && stats.state !== "stalled") { stats.state = "stalled"; stats.stallsOver1s++; }
