@@ -49,6 +49,15 @@ def process_started_ms(pid: int) -> int | None:
     return int((btime + ticks / os.sysconf("SC_CLK_TCK")) * 1000)
 
 
+def stream_age(source, publisher, now: float) -> float:
+    """Seconds since the publisher connected (its connection's wall clock start crosses a handover, so the age
+    runs on across an upgrade), else since this worker made the source."""
+    started = getattr(publisher, "created_wall", None)
+    if isinstance(started, (int, float)):
+        return time.time() - started
+    return now - getattr(source, "created_at", now)
+
+
 class NonstopApi:
     """The handlers, over one ApiServer (its worker, stats and process watch)."""
 
@@ -104,7 +113,7 @@ class NonstopApi:
                 "kbps": stats.stream_kbps(source.id, mine, now),
                 "players": max(0, (mine.clients if mine else 0) - (1 if publisher is not None and kind not in EDGE_KINDS
                                                                    else 0)),
-                "age_s": round(max(0.0, now - getattr(source, "created_at", now)), 1),
+                "age_s": round(max(0.0, stream_age(source, publisher, now)), 1),
                 "origin": "none" if publisher is None else ("edge" if kind in EDGE_KINDS else "publisher"),
                 "publisher": getattr(publisher, "cid", None) if kind not in EDGE_KINDS else None,
                 "publisher_ip": getattr(publisher, "ip", "") if kind not in EDGE_KINDS else "",

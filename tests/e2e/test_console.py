@@ -278,3 +278,26 @@ def test_the_write_endpoints_need_auth_on_and_the_summary_is_behind_auth():
         with urllib.request.urlopen(preflight, timeout=3) as r:
             allowed = [h.strip().lower() for h in r.headers["Access-Control-Allow-Headers"].split(",")]
         assert "authorization" in allowed, allowed
+
+
+def test_the_summary_counts_from_the_master_start_and_the_publish_across_an_upgrade(server, publisher):
+    """Uptime is the master's (its /proc start time survives its execve), a stream's age the publisher's (its
+    connection's start crosses the handover), and the upgrade lands in the history with the new worker list."""
+    before = api_json(server, "/api/v1/nonstop/summary")["data"]
+    wait_for(lambda: api_json(server, "/api/v1/nonstop/summary")["data"]["master"]["uptime_s"] >= 2, 10,
+             what="two seconds of uptime")
+    server.upgrade(1)
+    after = wait_for(lambda: (lambda d: d if d["generation"] == 2 and d["streams"] else None)(
+        api_json(server, "/api/v1/nonstop/summary")["data"]), 10, what="generation 2 with the stream")
+    elapsed_s = (after["now_ms"] - before["now_ms"]) / 1000
+    print(f"uptime {before['master']['uptime_s']} -> {after['master']['uptime_s']} s, stream age "
+          f"{before['streams'][0]['age_s']} -> {after['streams'][0]['age_s']} s over {elapsed_s:.1f} s")
+    assert after["master"]["pid"] == before["master"]["pid"]
+    assert after["master"]["started_ms"] == before["master"]["started_ms"]
+    assert after["master"]["uptime_s"] >= before["master"]["uptime_s"] + int(elapsed_s) - 1
+    assert after["streams"][0]["age_s"] >= before["streams"][0]["age_s"] + elapsed_s - 1
+    assert after["worker"]["pid"] != before["worker"]["pid"]
+    history = after["upgrades"]["history"]
+    assert [(e["kind"], e["state"]) for e in history] == [("upgrade", "done")] and history[0]["handed_over"] >= 1
+    wait_for(lambda: [w["generation"] for w in api_json(server, "/api/v1/nonstop/workers")["workers"]] == [2], 10,
+             what="the old worker to leave the worker list")
