@@ -13,7 +13,7 @@ import pytest
 
 from tests.browser import Browser
 from tests.e2e.upgrade_helpers import UpgradeServer
-from tests.helpers import ROOT, publish_live, stop_proc, wait_for
+from tests.helpers import ROOT, free_port, publish_live, stop_proc, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -301,3 +301,50 @@ def test_the_summary_counts_from_the_master_start_and_the_publish_across_an_upgr
     assert [(e["kind"], e["state"]) for e in history] == [("upgrade", "done")] and history[0]["handed_over"] >= 1
     wait_for(lambda: [w["generation"] for w in api_json(server, "/api/v1/nonstop/workers")["workers"]] == [2], 10,
              what="the old worker to leave the worker list")
+
+
+def test_on_a_shared_port_the_console_reads_the_api_from_its_own_origin(browser):
+    server = UpgradeServer()
+    server.api_port = server.http_port
+    with server:
+        page = open_console(browser, server, "overview", path="/console/")
+        assert page.eval("document.querySelector('meta[name=nonstop-api]').content") == ""
+        assert page.eval("document.getElementById('ov-generation').textContent") == "1"
+        assert page.errors == [], page.errors
+
+
+def test_the_cluster_view_shows_an_edges_origins_and_their_health(browser):
+    dead = free_port()          # nothing listens: the edge's pull fails and marks the origin down
+    edge = UpgradeServer(vhost_body=f"cluster {{ mode remote; origin 127.0.0.1:{dead}; }}")
+    with edge:
+        player = start_flv_player(edge.flv_url())
+        try:
+            def origin():
+                cluster = api_json(edge, "/api/v1/nonstop/summary")["data"]["cluster"]
+                return cluster and cluster[0]["origins"][0]["health"] == "down" and cluster[0]
+            found = wait_for(origin, 15, what="the dead origin marked down")
+            assert found["mode"] == "edge" and found["origins"][0]["failures"] >= 1, found
+            page = open_console(browser, edge, "cluster")
+            page.wait_for("!!document.querySelector('.health-down')", 5, what="the origin's health")
+            assert f"127.0.0.1:{dead}" in page.eval("document.getElementById('view').textContent")
+            shot(page, "console-cluster")
+            assert page.errors == [], page.errors
+        finally:
+            stop_proc(player)
+
+
+def test_a_stream_an_edge_pulls_is_marked_edge_and_a_published_one_publisher(server, publisher):
+    edge = UpgradeServer(vhost_body=f"cluster {{ mode remote; origin 127.0.0.1:{server.rtmp_port}; }}")
+    with edge:
+        player = start_flv_player(edge.flv_url())
+        try:
+            def edge_stream():
+                streams = api_json(edge, "/api/v1/nonstop/summary")["data"]["streams"]
+                return streams and streams[0]["video"] and streams[0]
+            found = wait_for(edge_stream, 15, what="the edge's pulled stream")
+            assert found["origin"] == "edge" and found["publisher"] is None, found
+            wait_for(lambda: edge_stream()["players"] == 1, 5, what="the edge's player counted")
+            origin_stream = api_json(server, "/api/v1/nonstop/summary")["data"]["streams"][0]
+            assert origin_stream["origin"] == "publisher" and origin_stream["publisher_ip"] == "127.0.0.1"
+        finally:
+            stop_proc(player)
