@@ -93,6 +93,13 @@ class NonstopApi:
         return [{"pid": os.getpid(), "generation": self.worker.generation, "state": "serving",
                  "started_ms": int(self.worker.started_at * 1000)}]
 
+    def serving_generation(self) -> int:
+        """The generation that serves: the newest serving worker's as the master told, else this worker's (an
+        old worker still draining answers with the new one's, like the master would)."""
+        told = [w.get("generation") for w in getattr(self.worker, "workers_info", None) or []
+                if w.get("state") == "serving" and isinstance(w.get("generation"), int)]
+        return max(told, default=self.worker.generation)
+
     def upgrades(self) -> dict:
         info = getattr(self.worker, "upgrade_info", None) or {}
         return {"last": views.upgrade_json(info), "history": list(info.get("history") or []),
@@ -173,7 +180,7 @@ class NonstopApi:
             "version": __version__, "now_ms": now_ms, "writable": self.writable(),
             "master": {"pid": master_pid, "started_ms": started_ms, "uptime_s": max(0, (now_ms - started_ms) // 1000)},
             "worker": {"pid": os.getpid(), "generation": worker.generation},
-            "generation": worker.generation,
+            "generation": self.serving_generation(),
             "totals": {"connections": len(worker.conns), "streams": len(worker.registry.sources),
                        "clients": len(clients),
                        "publishers": sum(1 for c in clients if client_type(c).endswith("-publish")),
@@ -185,7 +192,12 @@ class NonstopApi:
     # ----- handlers ----------------------------------------------------------------------------------------
 
     async def get_summary(self, request: web.Request) -> web.Response:
-        return self.api.reply(request, views.envelope(self.api.ident(), data=self.summary()))
+        response = self.api.reply(request, views.envelope(self.api.ident(), data=self.summary()))
+        if getattr(self.worker, "draining", False):
+            # A console's keep-alive connection stays with the worker that accepted it; once that worker
+            # drains (an upgrade's old worker), close it, so the next poll reaches the worker that serves now.
+            response.force_close()
+        return response
 
     async def get_workers(self, request: web.Request) -> web.Response:
         return self.api.reply(request, views.envelope(self.api.ident(), workers=self.workers(),

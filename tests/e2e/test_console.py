@@ -348,3 +348,30 @@ def test_a_stream_an_edge_pulls_is_marked_edge_and_a_published_one_publisher(ser
             assert origin_stream["origin"] == "publisher" and origin_stream["publisher_ip"] == "127.0.0.1"
         finally:
             stop_proc(player)
+
+
+def test_the_upgrades_view_shows_an_old_worker_draining_then_gone(browser):
+    """A refused handover (an unknown schema) leaves the publisher on the old worker: the view lists it as
+    retiring next to the new one, with the upgrade's figures, and drops it once it exited."""
+    server = UpgradeServer(extra_global="grace_max_wait 30000;", env={"NONSTOP_TEST_HANDOVER_SCHEMA": "99"})
+    with server:
+        publisher = publish_live(server.rtmp_url())
+        try:
+            wait_for(lambda: server_has_stream(server), 20, what="the stream to be published")
+            old = server.live_worker_pids()
+            page = open_console(browser, server, "upgrades")
+            server.upgrade(1)
+            page.wait_for(f"!!document.querySelector('[data-worker=\"{old[0]}\"] .state-retiring')", 10,
+                          what="the old worker listed as retiring")
+            assert page.eval("document.querySelectorAll('[data-worker]').length") == 2
+            assert page.eval("document.getElementById('up-moved').textContent") == "0"
+            # The console's keep-alive connection was the old worker's: it is closed, the polls go to the new one.
+            page.wait_for("window.nonstopConsole.data.worker.generation === 2", 5, what="a poll answered by generation 2")
+            assert page.eval("document.getElementById('up-generation').textContent") == "2"
+            shot(page, "console-upgrades-draining")
+            stop_proc(publisher)
+            page.wait_for(f"!document.querySelector('[data-worker=\"{old[0]}\"]')", 15,
+                          what="the drained old worker to leave the list")
+            assert page.errors == [], page.errors
+        finally:
+            stop_proc(publisher)
