@@ -375,3 +375,13 @@ def test_the_upgrades_view_shows_an_old_worker_draining_then_gone(browser):
             assert page.errors == [], page.errors
         finally:
             stop_proc(publisher)
+
+
+def test_the_player_picks_hls_js_for_an_m3u8_url(browser, server):
+    """HLS is another room's work: the player must hand `.m3u8` URLs to hls.js (shipped, and supported by this
+    browser's Media Source Extensions) and FLV ones to mpegts.js."""
+    page = browser.new_page()
+    page.goto(f"http://127.0.0.1:{server.http_port}/players/?url=/live/livestream.m3u8")
+    page.wait_for("window.nonstopPlayer.kind === 'hls'", 5, what="the HLS engine")
+    assert page.eval("typeof Hls === 'function' && Hls.isSupported() && typeof mpegts === 'object'")
+    assert page.eval("Hls.version") == "1.7.4" and page.eval("mpegts.version") == "1.8.2"
