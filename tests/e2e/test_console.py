@@ -169,6 +169,12 @@ def test_a_kick_from_the_console_disconnects_the_client(browser, server, publish
         print(f"the kicked player's ffmpeg ended {gone:.2f}s after the click (bound 5 s)")
         assert flv_client() is None
         page.wait_for(f"!document.querySelector('[data-client=\"{cid}\"]')", 5, what="the row to go")
+        # The Streams view kicks a stream's publisher.
+        page.eval("location.hash = '#streams'")
+        page.wait_for("!!document.querySelector('button.kick-publisher')", 5, what="the kick-publisher button")
+        page.click("button.kick-publisher")
+        wait_for(lambda: publisher.poll() is not None, 5, what="the kicked ffmpeg publisher to end")
+        assert "kick: kicked by the HTTP API" in server.log()
         assert page.errors == [], page.errors
     finally:
         stop_proc(player)
