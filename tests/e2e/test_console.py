@@ -391,3 +391,22 @@ def test_the_player_picks_hls_js_for_an_m3u8_url(browser, server):
     page.wait_for("window.nonstopPlayer.kind === 'hls'", 5, what="the HLS engine")
     assert page.eval("typeof Hls === 'function' && Hls.isSupported() && typeof mpegts === 'object'")
     assert page.eval("Hls.version") == "1.7.4" and page.eval("mpegts.version") == "1.8.2"
+
+
+def test_a_hostile_stream_name_shows_as_text_not_markup(browser, server):
+    """Names come from publishers: the console writes them as text (textContent), never as HTML."""
+    name = '<b>bold<i>"it\'&amp;'     # markup, quotes and an entity (ffmpeg's URL parsing stops at a space)
+    proc = publish_live(server.rtmp_url(name))
+    try:
+        wait_for(lambda: server_has_stream(server, name), 20, what="the hostile stream to be published")
+        page = open_console(browser, server, "streams")
+        page.wait_for("document.querySelectorAll('[data-stream]').length === 1", 5, what="the stream row")
+        assert page.eval("document.querySelector('[data-stream] td').textContent") == f"/live/{name}"
+        assert page.eval("document.querySelectorAll('#view b, #view i').length") == 0
+        page.eval("location.hash = '#clients'")
+        page.wait_for("document.querySelectorAll('[data-client]').length === 1", 5, what="the client row")
+        assert page.eval("document.querySelectorAll('#view b, #view i').length") == 0
+        assert name in page.eval("document.getElementById('view').textContent")
+        assert page.errors == [], page.errors
+    finally:
+        stop_proc(proc)
