@@ -34,3 +34,15 @@ def test_the_serving_generation_is_the_newest_serving_workers():
     told = [{"pid": 1, "generation": 1, "state": "retiring"}, {"pid": 2, "generation": 2, "state": "serving"}]
     assert api_over(told, generation=1).serving_generation() == 2, "an old worker answers with the new one's"
     assert api_over([{"pid": 1, "generation": "x", "state": "serving"}], 3).serving_generation() == 3
+
+
+def test_the_summary_lists_at_most_max_rows_clients():
+    source = SimpleNamespace(vhost="__defaultVhost__", app="live", stream="s", id="sid")
+    conns = [SimpleNamespace(cid=f"c{i:04d}", kind="http", role="play", source=source, ip="10.0.0.1", closed=False,
+                             created_wall=time.time(), send_bytes=i, recv_bytes=0)
+             for i in range(ns.MAX_ROWS + 50)]
+    stats = SimpleNamespace(clients=lambda: conns, client_kbps=lambda conn, now: {"recv_30s": 0, "send_30s": 0})
+    api = ns.NonstopApi(SimpleNamespace(worker=SimpleNamespace(), stats=stats))
+    rows = api.clients(time.monotonic())
+    assert len(rows) == ns.MAX_ROWS and rows[0]["id"] == "c0000" and rows[0]["type"] == "flv-play"
+    assert rows[0]["stream"] == "/live/s"
