@@ -37,6 +37,7 @@ from nonstop import __version__
 from nonstop.api import disk, procstat, views
 from nonstop.api.conns import KEEPALIVE_TIMEOUT_S, ApiConnections, aiohttp_logger
 from nonstop.api.metrics import is_ready, make_registry, worker_totals
+from nonstop.api.nonstop import add_nonstop_routes
 from nonstop.api.stats import SAMPLE_STEP_S, ApiStats, client_type
 from nonstop.cluster.answer import add_clusters_routes
 from nonstop.log import log, quote
@@ -55,7 +56,8 @@ AUTH_REALM = 'Basic realm="nonstop"'
 # SRS's CORS mux answers with these when the request has an Origin.
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
-    "Access-Control-Allow-Headers": "*",
+    # `*` does not cover Authorization (Fetch standard): the console on the HTTP port sends it cross-origin.
+    "Access-Control-Allow-Headers": "*, Authorization",
     "Access-Control-Allow-Methods": "*",
     "Access-Control-Expose-Headers": "*",
     "Access-Control-Allow-Credentials": "false",
@@ -69,6 +71,7 @@ V1_URLS = {
     "clients": "all clients or one client, ?start=&count= (default 10); DELETE kicks one",
     "raw": "the raw API (config over HTTP): disabled in nonstop, ?rpc=raw says so",
     "clusters": "the origin cluster's question: does this origin publish ?vhost=&app=&stream=",
+    "nonstop": "nonstop's own: summary (the console's one poll), workers, upgrades; POST reload, upgrade",
 }
 
 
@@ -256,6 +259,7 @@ class ApiServer:
         add.add_get("/healthz", self.healthz)
         add.add_get("/readyz", self.readyz)
         add_clusters_routes(app, self.worker)   # /api/v1/clusters, GET and POST (nonstop/cluster/answer.py)
+        add_nonstop_routes(app, self)           # /api/v1/nonstop/*: the console's summary, workers, upgrades
         return app
 
     @web.middleware

@@ -78,6 +78,7 @@ class Master(Upgrading):
         self.quitting: str | None = None        # None, "fast" or "graceful"
         self.reloading = False
         self.reload_id = 0                      # which reload a confirmation timeout belongs to
+        self.reload_started_ms = 0              # wall clock, for the reload's entry in the upgrade history
         self.ever_ready = False
         self.backoff = BACKOFF_MIN_S
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -326,6 +327,8 @@ class Master(Upgrading):
 
     def _on_exit(self, worker: WorkerProcess, code: int) -> None:
         self._forget(worker)
+        if not self.quitting:
+            self._push_upgrade()        # the worker list changed (an old worker finished draining, or died)
         if worker.reload_pending:
             worker.reload_pending = False
             self._reload_progress()
@@ -462,6 +465,7 @@ class Master(Upgrading):
         log.trace("main", f"reload config, signo={signo}")
         sdnotify.reloading()
         self.reloading = True
+        self.reload_started_ms = int(time.time() * 1000)
         try:
             new = load(self.path)
         except ConfigError as e:
@@ -510,12 +514,16 @@ class Master(Upgrading):
         log.error("main", message)
         self.reloading = False
         sdnotify.ready()
+        self.upgrade.record_reload(False, self.reload_started_ms, int(time.time() * 1000), message)
+        self._push_upgrade()
 
     def _reload_progress(self) -> None:
         if self.reloading and not any(w.reload_pending for w in self.workers):
             self.reloading = False
             log.trace("main", "reload config success")
             sdnotify.ready()
+            self.upgrade.record_reload(True, self.reload_started_ms, int(time.time() * 1000))
+            self._push_upgrade()
 
     def _reload_timeout(self, reload_id: int) -> None:
         if self.reloading and reload_id == self.reload_id:

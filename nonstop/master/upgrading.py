@@ -289,8 +289,18 @@ class Upgrading:
         self._push_upgrade()
 
     def _push_upgrade(self) -> None:
+        """Tell every worker the upgrade state, its history and the worker list (for the API and the console);
+        sent at each step of an upgrade, at the end of a reload and whenever a worker starts serving or exits."""
+        workers = self.workers_info()
         for worker in self.live_workers():
-            worker.order("upgrade_status", upgrade=self.upgrade.to_dict())
+            worker.order("upgrade_status", upgrade=self.upgrade.to_dict(), workers=workers)
+
+    def workers_info(self) -> list[dict]:
+        """The master's workers as plain data: pid, generation, state (starting, serving, retiring: handing
+        over or draining its leftovers after an upgrade, draining: quitting) and start time (ms, wall clock)."""
+        now, wall = time.monotonic(), time.time()
+        return [{"pid": w.pid, "generation": w.generation, "state": w.state,
+                 "started_ms": int((wall - (now - w.started_at)) * 1000)} for w in self.live_workers()]
 
 
 def _int(value) -> int:

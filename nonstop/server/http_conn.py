@@ -29,6 +29,7 @@ from nonstop.media.consumer import Consumer
 from nonstop.media.packet import FORMAT_FLV
 from nonstop.media.registry import new_id, source_key
 from nonstop.protocol import flv
+from nonstop.console import pages as console_pages
 from nonstop.server.names import name_problem
 from nonstop.reset import reset
 from nonstop.server import static
@@ -199,6 +200,11 @@ class HttpConnection(asyncio.Protocol):
             return
         match = self.worker.match_flv(path)
         if match is None:
+            page = console_pages.answer(method, path, self.worker.config)    # /console/, /players/, /
+            if page is not None:
+                self._write(page)
+                self.close("answered a console page")
+                return
             if method in ("GET", "HEAD") and self._static(method, parsed.path or b"/"):
                 return
             if self.worker.api_app_for(self.listener) is not None:

@@ -57,6 +57,7 @@ class Worker:
         # earlier worker counted (api/metrics.py), and the handover under way as the receiving worker.
         self.generation = 1
         self.upgrade_info: dict | None = None
+        self.workers_info: list[dict] = []      # the master's worker list, as it last told (master/upgrading.py)
         self.carried_totals: dict = {}
         self.taking_over = False
         self.adopted_sources = 0

@@ -263,6 +263,8 @@ class WorkerProcess:
                 self.worker.generation = message["generation"]
             if isinstance(message.get("upgrade"), dict):
                 self.worker.upgrade_info = message["upgrade"]
+            if isinstance(message.get("workers"), list):
+                self.worker.workers_info = message["workers"]
         else:
             _close_fds(fds)
             log.warn("worker", f"unknown order {op!r} from the master; ignored")
