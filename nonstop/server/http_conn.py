@@ -18,6 +18,7 @@ import time
 import httptools
 
 from nonstop import SERVER_NAME
+from nonstop.access.state import ConnAccess
 from nonstop.log import log
 from nonstop.media.consumer import Consumer
 from nonstop.media.packet import FORMAT_FLV
@@ -76,6 +77,7 @@ class HttpConnection(asyncio.Protocol):
         self.restored: dict | None = None
         self.wanted = None          # (method, vhost, app, stream) of a play waiting for a handover
         self.waited = False
+        self.access = ConnAccess()  # what access control granted and is owed (nonstop/access)
 
     # ----- asyncio callbacks -------------------------------------------------------------------------------
 
@@ -161,6 +163,8 @@ class HttpConnection(asyncio.Protocol):
     # ----- HTTP-FLV ----------------------------------------------------------------------------------------
 
     def _play(self, method: str, vhost, app: str, stream: str) -> None:
+        if self.worker.access.flv_request(self, method, vhost, app, stream):
+            return  # asking for a verdict, or refused (403)
         if self.worker.cluster.on_flv_play(self, method, vhost, app, stream):
             return  # answered by the origin cluster (302 or 404)
         now = time.monotonic()
@@ -216,6 +220,15 @@ class HttpConnection(asyncio.Protocol):
         log.warn(self.cid, f"kick: {reason}")
         self.close(reason)
 
+    # ----- access control (nonstop/access/gate.py) ----------------------------------------------------------
+
+    def resume_access(self, request) -> None:
+        """The verdict allowed the play: go on with it."""
+        self._play(*request)
+
+    def refuse_access(self, action: str, request, reason: str) -> None:
+        self._respond(403, "Forbidden")
+
     # ----- plumbing ----------------------------------------------------------------------------------------
 
     def _hand_to_api(self) -> None:
@@ -250,6 +263,7 @@ class HttpConnection(asyncio.Protocol):
             self.control_bytes += self.consumer.bytes_sent
             self.worker.closed_dropped += self.consumer.dropped     # for /metrics' dropped messages
             self.consumer = None
+        self.worker.access.closed(self)     # on_stop to the hook server, if it is owed one
         if self.transport is not None:
             self.transport.close()
         if self.role:
@@ -287,7 +301,8 @@ class HttpConnection(asyncio.Protocol):
                 "source_key": self.source.key if self.source is not None else None,
                 "consumer": self.consumer.snapshot() if self.consumer is not None else None,
                 "created_at": self.created_at, "created_wall": self.created_wall,
-                "control_bytes": self.control_bytes, "recv_bytes": self.recv_bytes}
+                "control_bytes": self.control_bytes, "recv_bytes": self.recv_bytes,
+                "access": self.access.snapshot()}
 
     @classmethod
     def restore(cls, worker, snap: dict) -> "HttpConnection":
@@ -301,6 +316,7 @@ class HttpConnection(asyncio.Protocol):
         self.created_at, self.created_wall = snap["created_at"], snap["created_wall"]
         self.control_bytes, self.recv_bytes = snap["control_bytes"], snap["recv_bytes"]
         self.deadline = None
+        self.access = ConnAccess.restore(snap.get("access"))
         self.restored = snap
         return self
 

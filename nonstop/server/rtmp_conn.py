@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from nonstop.access.state import ConnAccess
 from nonstop.cluster.urls import host_of_url
 from nonstop.log import log
 from nonstop.media.consumer import Consumer
@@ -54,6 +55,8 @@ class RtmpConnection(asyncio.Protocol):
         self.restored: dict | None = None   # the snapshot this connection was restored from, until resumed
         self.page_url = ""
         self.swf_url = ""
+        self.access = ConnAccess()          # what access control granted and is owed (nonstop/access)
+        self.held_events: list = []         # what the client sent while its verdict was pending
 
     # ----- asyncio callbacks -------------------------------------------------------------------------------
 
@@ -71,9 +74,7 @@ class RtmpConnection(asyncio.Protocol):
         if self.closed:
             return
         try:
-            events = self.session.receive_data(data)
-            for event in events:
-                self._on_event(event)
+            self._on_events(self.session.receive_data(data))
         except ProtocolError as e:
             self._flush_session()
             self.close(f"protocol error: {e}")
@@ -103,6 +104,13 @@ class RtmpConnection(asyncio.Protocol):
         if out and self.transport is not None and not self.transport.is_closing():
             self.control_bytes += len(out)
             self.transport.write(out)
+
+    def _on_events(self, events) -> None:
+        for i, event in enumerate(events):
+            if self.access.pending is not None:     # a verdict is pending: the rest waits for it
+                self.held_events.extend(events[i:])
+                return
+            self._on_event(event)
 
     def _on_event(self, event) -> None:
         if isinstance(event, rtmp.Media):
@@ -151,6 +159,8 @@ class RtmpConnection(asyncio.Protocol):
     def _on_publish(self, event: rtmp.PublishRequest) -> None:
         if self.role != ROLE_NONE:
             raise rtmp.RtmpError(f"publish while already {self.role}ing")
+        if self.worker.access.rtmp_request(self, ROLE_PUBLISH, event):
+            return  # asking for a verdict (reading paused), or refused
         if self.worker.cluster.on_publish(self, event):
             return  # the origin cluster decides later (publish uniqueness)
         now = time.monotonic()
@@ -174,6 +184,8 @@ class RtmpConnection(asyncio.Protocol):
     def _on_play(self, event: rtmp.PlayRequest) -> None:
         if self.role != ROLE_NONE:
             raise rtmp.RtmpError(f"play while already {self.role}ing")
+        if self.worker.access.rtmp_request(self, ROLE_PLAY, event):
+            return  # asking for a verdict (reading paused), or refused
         if self.worker.cluster.on_play(self, event):
             return  # answered by the origin cluster (redirect or StreamNotFound)
         now = time.monotonic()
@@ -193,6 +205,7 @@ class RtmpConnection(asyncio.Protocol):
         if self.role == ROLE_PUBLISH and self.source is not None:
             self.source.on_unpublish(time.monotonic())
             log.trace(self.cid, f"unpublish {self.source.key}: {reason}")
+            self.worker.access.left(self, ROLE_PUBLISH)
             self.role = ROLE_NONE
             self.source = None
             self.deadline = None
@@ -203,6 +216,7 @@ class RtmpConnection(asyncio.Protocol):
             self.control_bytes += self.consumer.bytes_sent   # keep the total once the consumer is gone
             self.worker.closed_dropped += self.consumer.dropped     # the same for /metrics' dropped messages
             log.trace(self.cid, f"stop play {self.source.key}")
+            self.worker.access.left(self, ROLE_PLAY)
             self.consumer = None
             self.source = None
             self.role = ROLE_NONE
@@ -221,6 +235,34 @@ class RtmpConnection(asyncio.Protocol):
     def kick(self, reason: str) -> None:
         log.warn(self.cid, f"kick: {reason}")
         self.close(reason)
+
+    # ----- access control (nonstop/access/gate.py) ----------------------------------------------------------
+
+    def hold_for_access(self) -> None:
+        """A publish or play waits for its verdict: read nothing more meanwhile."""
+        self.transport.pause_reading()
+
+    def resume_access(self, request) -> None:
+        """The verdict allowed `request`: go on with it, then with what the client sent meanwhile."""
+        held, self.held_events = self.held_events, []
+        if not self.handing_over:
+            self.transport.resume_reading()
+        try:
+            self._on_events([request, *held])
+        except ProtocolError as e:
+            self._flush_session()
+            self.close(f"protocol error: {e}")
+            return
+        self._flush_session()
+
+    def refuse_access(self, action: str, request, reason: str) -> None:
+        """Refused: an error onStatus (every RTMP client reads level=error as a refusal), then a close. The
+        reason stays in the log: it may name a hook URL."""
+        self.held_events = []
+        self.session.send_status(request.stream_id, "error", "NetConnection.Connect.Rejected",
+                                 f"{action.capitalize()} access denied.")
+        self._flush_session()
+        self.close_later(f"{action} refused")
 
     def send_status(self, code: str, description: str) -> None:
         """An onStatus on this client's stream, e.g. a publisher's last NetStream.Unpublish.Success at quit."""
@@ -259,6 +301,7 @@ class RtmpConnection(asyncio.Protocol):
         elif self.consumer is not None:
             self._stop_playing()
         self.session.close()
+        self.worker.access.closed(self)     # on_close (and what else is owed) to the hook server
         if self.transport is not None:
             self.transport.close()
         alive = time.monotonic() - self.created_at
@@ -306,6 +349,7 @@ class RtmpConnection(asyncio.Protocol):
             "last_media_at": self.last_media_at, "got_media": self.got_media,
             "control_bytes": self.control_bytes, "close_reason": self.close_reason,
             "page_url": self.page_url, "swf_url": self.swf_url,
+            "access": self.access.snapshot(),
         }
 
     @classmethod
@@ -323,6 +367,7 @@ class RtmpConnection(asyncio.Protocol):
         self.got_media, self.control_bytes = snap["got_media"], snap["control_bytes"]
         self.close_reason = snap["close_reason"]
         self.page_url, self.swf_url = snap.get("page_url", ""), snap.get("swf_url", "")
+        self.access = ConnAccess.restore(snap.get("access"))
         self.restored = snap
         return self
 
@@ -341,6 +386,9 @@ class RtmpConnection(asyncio.Protocol):
         elif self.role:
             self.close("handed over without its source")
             return
+        pending = self.worker.access.pending_request(self)
+        if pending is not None:
+            self._on_event(pending)
         self._flush_session()
         log.trace(self.cid, f"taken over: {self.role or 'idle'} {self.source.key if self.source else ''}".rstrip())
 
