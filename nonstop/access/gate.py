@@ -84,6 +84,8 @@ class Access:
             return False        # allowed already (asked again by a cluster's routing, which replays it)
         vhost, who, session = conn.vhost, conn.access, conn.session
         query = event.query or session.query
+        if who.stream != event.name:
+            who.stream_id = ""
         who.cid, who.ip, who.vhost, who.app, who.tc_url = conn.cid, conn.ip, vhost.name, session.app, session.tc_url
         who.stream, who.param, who.page_url = event.name, f"?{query}" if query else "", conn.page_url
         reason = self._rules(vhost, action, who, [event.query, session.query])
@@ -224,8 +226,10 @@ class Access:
 
     def _body(self, action: str, who, **extra) -> dict:
         source = self.worker.registry.get(who.vhost, who.app, who.stream) if who.stream else None
-        return wire.body(action, who, self.worker.server_id, self.worker.service_id,
-                         stream_id=source.id if source is not None else "", **extra)
+        if source is not None:
+            who.stream_id = source.id
+        return wire.body(action, who, self.worker.server_id, self.worker.service_id, stream_id=who.stream_id,
+                         **extra)
 
     def _notify(self, who, action: str, **extra) -> None:
         vhost = self.worker.config.vhosts.get(who.vhost)

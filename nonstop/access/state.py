@@ -25,6 +25,7 @@ class ConnAccess:
     stream: str = ""
     param: str = ""             # "?k=v", as SRS's req->param
     page_url: str = ""
+    stream_id: str = ""         # the source's id once known (SRS's stream_id), kept for the last notifications
     connected: bool = False
     publishing: bool = False
     playing: bool = False

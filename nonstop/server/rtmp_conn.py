@@ -256,10 +256,11 @@ class RtmpConnection(asyncio.Protocol):
         self._flush_session()
 
     def refuse_access(self, action: str, request, reason: str) -> None:
-        """Refused: an error onStatus (every RTMP client reads level=error as a refusal), then a close. The
+        """Refused: an error onStatus, NetStream.Publish.Rejected or NetStream.Play.Rejected (every RTMP client
+        reads level=error as a refusal: ffmpeg says "Server error: Publish access denied."), then a close. The
         reason stays in the log: it may name a hook URL."""
         self.held_events = []
-        self.session.send_status(request.stream_id, "error", "NetConnection.Connect.Rejected",
+        self.session.send_status(request.stream_id, "error", f"NetStream.{action.capitalize()}.Rejected",
                                  f"{action.capitalize()} access denied.")
         self._flush_session()
         self.close_later(f"{action} refused")

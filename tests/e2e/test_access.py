@@ -1,0 +1,173 @@
+"""Access control end to end: a real server, a real aiohttp hook server that records SRS's bodies and answers
+per stream, ffmpeg and raw RTMP clients, HTTP-FLV over raw HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import signal
+import subprocess
+import time
+
+import pytest
+
+from nonstop.protocol import rtmp
+from tests.e2e.hook_server import HookServer, hooks_block
+from tests.e2e.ops_helpers import OpsServer
+from tests.helpers import Server, free_port, play, publish_file, run_nonstop, stop_proc, wait_for
+from tests.rtmp_client import RtmpTestClient
+
+pytestmark = pytest.mark.timeout(120)
+
+SRS_KEYS = {
+    "on_connect": "server_id service_id action client_id ip vhost app stream param tcUrl pageUrl",
+    "on_close": "server_id service_id action client_id ip vhost app send_bytes recv_bytes",
+    "on_publish": "server_id service_id action client_id ip vhost app tcUrl stream param stream_url stream_id",
+    "on_unpublish": "server_id service_id action client_id ip vhost app tcUrl stream param stream_url stream_id",
+    "on_play": "server_id service_id action client_id ip vhost app stream tcUrl param pageUrl stream_url stream_id",
+    "on_stop": "server_id service_id action client_id ip vhost app tcUrl stream param stream_url stream_id",
+}
+
+
+def flv_get(url: str, headers: dict | None = None, read: int = 13, timeout: float = 10) -> tuple[int, bytes]:
+    """Status and the first bytes of an HTTP-FLV GET."""
+    rest = url.split("://", 1)[1]
+    hostport, _, path = rest.partition("/")
+    host, port = hostport.split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        conn.request("GET", "/" + path, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.read(read)
+    finally:
+        conn.close()
+
+
+def wait_live(server: Server, stream: str, timeout: float = 15) -> None:
+    wait_for(lambda: f"publish __defaultVhost__/live/{stream}," in server.log(), timeout, what=f"publish {stream}")
+
+
+def exits(proc: subprocess.Popen, timeout: float) -> int:
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the client was not refused within {timeout}s") from None
+
+
+async def rtmp_publish_status(port: int, stream: str, page_url: str | None = None) -> tuple[rtmp.Status, float]:
+    client = RtmpTestClient()
+    started = time.monotonic()
+    try:
+        await client.open(port)
+        status = await client.publish(stream)
+        return status, time.monotonic() - started
+    finally:
+        await client.close()
+
+
+# ---- http_hooks ----------------------------------------------------------------------------------------------
+
+def test_hooks_allow_and_deny_publish_and_play_over_rtmp_and_http_flv_with_srs_bodies(test_flv):
+    hooks = HookServer(deny={("on_publish", "bad"), ("on_play", "secret")}).start()
+    server = Server(vhost_body=hooks_block(hooks)).start()
+    publishers = []
+    try:
+        publishers = [publish_file(server.rtmp_url("ok") + "?k=v", test_flv),
+                      publish_file(server.rtmp_url("secret"), test_flv)]
+        wait_live(server, "ok")
+        wait_live(server, "secret")
+        refused = publish_file(server.rtmp_url("bad"), test_flv)
+        assert exits(refused, 10) != 0
+        assert "publish refused for 127.0.0.1: http hook on_publish " in server.log()
+        assert "refused: response code 403" in server.log()
+        assert "publish __defaultVhost__/live/bad," not in server.log()
+
+        ok = play(server.rtmp_url("ok"), 2)
+        assert ok.returncode == 0 and ok.video, ok.stderr[-1000:]
+        denied = play(server.rtmp_url("secret"), 2, timeout=15)
+        assert denied.returncode != 0 and not denied.video
+        assert "play refused for 127.0.0.1: http hook on_play " in server.log()
+
+        status, head = flv_get(server.flv_url("ok"))
+        assert status == 200 and head.startswith(b"FLV")
+        status, _ = flv_get(server.flv_url("secret"), headers={"Referer": "http://page.example/x"})
+        assert status == 403
+
+        # SRS's bodies, field for field.
+        pub = hooks.wait("on_publish", stream="ok")[0]
+        assert list(pub) == SRS_KEYS["on_publish"].split()
+        assert (pub["vhost"], pub["app"], pub["stream"], pub["param"], pub["ip"], pub["stream_url"]) == (
+            "__defaultVhost__", "live", "ok", "?k=v", "127.0.0.1", "/live/ok")
+        assert pub["tcUrl"] == f"rtmp://127.0.0.1:{server.rtmp_port}/live" and pub["stream_id"].startswith("vid-")
+        assert pub["server_id"].startswith("vid-") and pub["client_id"]
+        connect = hooks.bodies("on_connect", client_id=pub["client_id"])
+        assert len(connect) == 1 and list(connect[0]) == SRS_KEYS["on_connect"].split()
+        assert connect[0]["stream"] == "ok" and connect[0]["pageUrl"] == ""
+        rtmp_play = hooks.bodies("on_play", stream="ok", param="")[0]
+        assert list(rtmp_play) == SRS_KEYS["on_play"].split()
+        assert rtmp_play["stream_id"] == pub["stream_id"]
+        flv_play = hooks.wait("on_play", stream="secret", pageUrl="http://page.example/x")[0]
+        assert flv_play["tcUrl"] == "rtmp://__defaultVhost__/live" and list(flv_play) == SRS_KEYS["on_play"].split()
+        stop = hooks.wait("on_stop", client_id=rtmp_play["client_id"])
+        assert len(stop) == 1 and list(stop[0]) == SRS_KEYS["on_stop"].split()
+        # The HTTP-FLV player that got 200: one on_stop once it left; no on_connect/on_close for HTTP (as SRS).
+        flv_ok = [b for b in hooks.bodies("on_play", stream="ok") if b["tcUrl"].startswith("rtmp://__default")]
+        hooks.wait("on_stop", client_id=flv_ok[0]["client_id"])
+        assert not hooks.bodies("on_connect", client_id=flv_ok[0]["client_id"])
+
+        stop_proc(publishers[0])
+        unpub = hooks.wait("on_unpublish", client_id=pub["client_id"])
+        close = hooks.wait("on_close", client_id=pub["client_id"])
+        assert list(unpub[0]) == SRS_KEYS["on_unpublish"].split() and list(close[0]) == SRS_KEYS["on_close"].split()
+        assert close[0]["recv_bytes"] > 10_000 and close[0]["send_bytes"] > 0
+        # The refused publisher: on_connect, a refused on_publish, then its on_close; never on_unpublish.
+        bad = hooks.bodies("on_publish", stream="bad")[0]["client_id"]
+        hooks.wait("on_close", client_id=bad)
+        assert not hooks.bodies("on_unpublish", client_id=bad)
+        for cid in {b["client_id"] for b in hooks.bodies("on_connect")} - {
+                b["client_id"] for b in hooks.bodies("on_connect", stream="secret")}:
+            hooks.wait("on_close", client_id=cid)
+        counts = {}
+        for _, _, b in hooks.calls:
+            counts[(b["action"], b["client_id"])] = counts.get((b["action"], b["client_id"]), 0) + 1
+        assert set(counts.values()) == {1}, f"a hook was called twice for one client: {counts}"
+    finally:
+        for p in publishers:
+            stop_proc(p)
+        server.stop()
+        hooks.stop()
+
+
+def test_a_hook_server_that_is_down_or_slow_refuses_within_the_timeout():
+    down = free_port()      # nothing listens there
+    slow = HookServer(delay_s=2.0, answer_allow="0").start()
+    quick = HookServer(answer_allow="0").start()
+    body = (f"http_hooks {{ enabled on; timeout 400;\n on_publish {quick.url()} http://127.0.0.1:{down}/x;\n"
+            f" on_play {slow.url()}; }}")
+    server = Server(vhost_body=body).start()
+    try:
+        status, took = asyncio.run(rtmp_publish_status(server.rtmp_port, "s1"))
+        print(f"hook server down: refused in {took * 1000:.0f} ms")
+        assert (status.level, status.code) == ("error", "NetStream.Publish.Rejected")
+        assert len(quick.bodies("on_publish")) == 1, "the URLs are called in order: the first one allowed"
+        assert f"http hook on_publish http://127.0.0.1:{down}/x refused: ClientConnectorError" in server.log()
+
+        async def slow_play():
+            client = RtmpTestClient()
+            await client.open(server.rtmp_port)
+            await client.create_stream()
+            started = time.monotonic()
+            client.session.play(client.stream_id, "s2")
+            client._flush()
+            status = await client.wait_for(lambda e: isinstance(e, rtmp.Status), timeout=10)
+            await client.close()
+            return status, time.monotonic() - started
+        status, took = asyncio.run(slow_play())
+        print(f"hook server slow (2 s, timeout 400 ms): refused in {took * 1000:.0f} ms")
+        assert (status.level, status.code) == ("error", "NetStream.Play.Rejected")
+        assert 0.4 <= took < 1.2, took
+        assert "http hook on_play " + slow.url() + " refused: no answer within 400 ms" in server.log()
+    finally:
+        server.stop()
+        slow.stop()
+        quick.stop()
