@@ -171,3 +171,107 @@ def test_a_hook_server_that_is_down_or_slow_refuses_within_the_timeout():
         server.stop()
         slow.stop()
         quick.stop()
+
+
+# ---- security and refer ----------------------------------------------------------------------------------------
+
+def ffmpeg_play(url: str, seconds: float = 1.0, extra: tuple = (), timeout: float = 20) -> subprocess.CompletedProcess:
+    return subprocess.run(["ffmpeg", "-v", "error", *extra, "-i", url, "-t", str(seconds), "-f", "null", "-"],
+                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def test_security_allow_and_deny_by_cidr(test_flv):
+    body = ("security { enabled on; deny publish 10.0.0.0/8; allow publish 127.0.0.0/8;\n"
+            "deny play 127.0.0.0/8; allow play all; }")
+    server = Server(vhost_body=body).start()
+    publisher = publish_file(server.rtmp_url("cam"), test_flv)
+    try:
+        wait_live(server, "cam")        # allowed by 'allow publish 127.0.0.0/8'
+        result = ffmpeg_play(server.rtmp_url("cam"))
+        assert result.returncode != 0 and "Play access denied" in result.stderr, result.stderr[-500:]
+        assert flv_get(server.flv_url("cam"))[0] == 403
+        assert "play refused for 127.0.0.1: security: 127.0.0.1 denied by 'deny play 127.0.0.0/8'" in server.log()
+    finally:
+        stop_proc(publisher)
+        server.stop()
+
+
+def test_refer_checks_the_rtmp_page_url_and_the_http_referer(test_flv):
+    server = Server(vhost_body="refer { enabled on; play example.com; }").start()
+    publisher = publish_file(server.rtmp_url("cam"), test_flv)     # no publish list: publishers pass
+    try:
+        wait_live(server, "cam")
+        ok = ffmpeg_play(server.rtmp_url("cam"), extra=("-rtmp_pageurl", "http://www.example.com/player.html"))
+        assert ok.returncode == 0, ok.stderr[-500:]
+        no_page = ffmpeg_play(server.rtmp_url("cam"))
+        assert no_page.returncode != 0 and "Play access denied" in no_page.stderr
+        assert flv_get(server.flv_url("cam"), {"Referer": "https://www.example.com/p"})[0] == 200
+        assert flv_get(server.flv_url("cam"), {"Referer": "https://example.com.evil.net/p"})[0] == 403
+        assert flv_get(server.flv_url("cam"))[0] == 403
+        assert "refer: page URL '' matches no refer.play domain ['example.com']" in server.log()
+    finally:
+        stop_proc(publisher)
+        server.stop()
+
+
+# ---- signed URLs -------------------------------------------------------------------------------------------
+
+SECRET_1 = "first-secret-0123456789"
+SECRET_2 = "second-secret-9876543210"
+
+
+def sign(server: Server, url: str, *args: str) -> str:
+    result = run_nonstop("sign", "-c", str(server.conf_path), *args, url)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_signed_urls_valid_expired_forged_wrong_stream_and_key_rotation_by_reload(test_flv):
+    server = OpsServer(vhost_body=f"signed_url {{ enabled on; key k1 {SECRET_1}; }}").start()
+    publishers, player = [], None
+    try:
+        unsigned = publish_file(server.rtmp_url("cam"), test_flv)
+        assert exits(unsigned, 10) != 0
+        assert "publish refused for 127.0.0.1: signed_url: no nstoken in the URL" in server.log()
+        publishers.append(publish_file(sign(server, server.rtmp_url("cam"), "--publish"), test_flv))
+        wait_live(server, "cam")
+
+        play_url = sign(server, server.flv_url("cam"))
+        assert "?nstoken=k1." in play_url
+        assert flv_get(play_url)[0] == 200
+        rtmp_ok = ffmpeg_play(sign(server, server.rtmp_url("cam")))
+        assert rtmp_ok.returncode == 0, rtmp_ok.stderr[-500:]
+        assert flv_get(server.flv_url("cam"))[0] == 403                                           # none
+        assert flv_get(sign(server, server.flv_url("cam"), "--expires", str(int(time.time()) - 5)))[0] == 403
+        assert "signed_url: token expired" in server.log()
+        forged = play_url[:-1] + ("A" if play_url[-1] != "A" else "Q")
+        assert flv_get(forged)[0] == 403
+        other = play_url.replace("/cam.flv", "/other.flv")
+        assert flv_get(other)[0] == 403
+        assert "signed_url: bad signature for play __defaultVhost__/live/other" in server.log()
+        assert flv_get(sign(server, server.flv_url("cam"), "--publish"))[0] == 403    # a publish token
+        assert flv_get(sign(server, server.flv_url("cam"), "--ip", "10.1.1.1"))[0] == 403
+        assert flv_get(sign(server, server.flv_url("cam"), "--ip", "127.0.0.1"))[0] == 200
+
+        # Rotation: k2 replaces k1 through a reload; a player let in with k1 plays on.
+        from tests.e2e.upgrade_helpers import TimedPlayer
+        player = TimedPlayer(play_url, 30).start()
+        wait_for(player.playing, 15, what="the k1 player to play")
+        k2_url = run_nonstop("sign", "--key", "k2", "--secret", SECRET_2, server.flv_url("cam")).stdout.strip()
+        assert flv_get(k2_url)[0] == 403
+        server.vhost_body = f"signed_url {{ enabled on; key k2 {SECRET_2}; }}"
+        server.conf_path.write_text(server.config_text())
+        assert server.ctl("reload").returncode == 0
+        server.wait_log("reload config success")
+        assert flv_get(k2_url)[0] == 200
+        assert flv_get(sign(server, server.flv_url("cam")))[0] == 200       # `nonstop sign` picks k2 now
+        assert flv_get(play_url)[0] == 403
+        assert "signed_url: unknown key id 'k1'" in server.log()
+        frames = len(player.arrivals)
+        wait_for(lambda: len(player.arrivals) >= frames + 25, 10, what="the k1 player to play on after the reload")
+    finally:
+        if player is not None:
+            player.kill()
+        for p in publishers:
+            stop_proc(p)
+        server.stop()
