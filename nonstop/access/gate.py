@@ -225,11 +225,13 @@ class Access:
             self._notify(who, "on_close", send_bytes=conn.send_bytes, recv_bytes=conn.recv_bytes)
 
     def _body(self, action: str, who, **extra) -> dict:
-        source = self.worker.registry.get(who.vhost, who.app, who.stream) if who.stream else None
+        source = self.worker.registry.get(who.vhost, who.app, who.stream) if who.stream and not who.stream_id \
+            else None
         if source is not None:
-            who.stream_id = source.id
-        return wire.body(action, who, self.worker.server_id, self.worker.service_id, stream_id=who.stream_id,
-                         **extra)
+            who.stream_id = source.id       # the first one known stays, as the client's other ids do
+        if not who.server_id:
+            who.server_id, who.service_id = self.worker.server_id, self.worker.service_id
+        return wire.body(action, who, who.server_id, who.service_id, stream_id=who.stream_id, **extra)
 
     def _notify(self, who, action: str, **extra) -> None:
         vhost = self.worker.config.vhosts.get(who.vhost)

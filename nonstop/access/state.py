@@ -18,6 +18,10 @@ from dataclasses import asdict, dataclass, fields
 @dataclass
 class ConnAccess:
     cid: str = ""
+    # The worker that first asked for this client: every later body names the same one, so a hook server that
+    # pairs on_publish with on_unpublish by server_id sees no upgrade (each worker has its own ids).
+    server_id: str = ""
+    service_id: str = ""
     ip: str = ""
     vhost: str = ""
     app: str = ""

@@ -275,3 +275,59 @@ def test_signed_urls_valid_expired_forged_wrong_stream_and_key_rotation_by_reloa
         for p in publishers:
             stop_proc(p)
         server.stop()
+
+
+# ---- upgrades: invisible to the hook server ----------------------------------------------------------------
+
+def test_two_upgrades_with_hooks_on_ask_nothing_again_and_account_exactly_once(media_dir):
+    from tests.e2e.upgrade_helpers import TimedPlayer, UpgradeServer, assert_every_frame_once
+    from tests.helpers import make_test_flv
+    flv = make_test_flv(media_dir / "access-30s.flv", seconds=30)
+    hooks = HookServer().start()
+    server = UpgradeServer(vhost_body=hooks_block(hooks)).start()
+    publisher, players = None, []
+    try:
+        publisher = publish_file(server.rtmp_url("cam"), flv, loop=False)
+        wait_live(server, "cam")
+        players = [TimedPlayer(server.rtmp_url("cam"), 14).start(), TimedPlayer(server.flv_url("cam"), 14).start()]
+        wait_for(lambda: all(p.playing() for p in players), 20, what="the players to play")
+        hooks.wait("on_play", 2)
+        before = len(hooks.calls)
+        for n in (1, 2):
+            frames = len(players[0].arrivals)
+            wait_for(lambda: len(players[0].arrivals) >= frames + 25, 10, what="1 s of play between upgrades")
+            server.upgrade(n)
+            assert server.log().count("upgrade done") == n, server.log()[-3000:]
+        assert server.log().count("handed over to the new worker") >= 6, "3 connections moved twice"
+        frames = len(players[0].arrivals)
+        wait_for(lambda: len(players[0].arrivals) >= frames + 25, 10, what="play after the upgrades")
+        assert len(hooks.calls) == before, f"the upgrades reached the hook server: {hooks.calls[before:]}"
+        results = [p.finish(30) for p in players]
+        for i, result in enumerate(results):
+            assert_every_frame_once(result, what=f"player {i}")
+        stop_proc(publisher)
+        pub = hooks.bodies("on_publish", stream="cam")[0]
+        hooks.wait("on_unpublish", client_id=pub["client_id"])
+        hooks.wait("on_close", client_id=pub["client_id"])
+        for body in hooks.bodies("on_play"):
+            hooks.wait("on_stop", client_id=body["client_id"])
+        hooks.wait("on_close", 2)
+        time.sleep(0.3)     # a duplicate would arrive with the others: give it the time to show up
+        counts = {}
+        for _, _, b in hooks.calls:
+            counts[(b["action"], b["client_id"])] = counts.get((b["action"], b["client_id"]), 0) + 1
+        print(f"hook calls over two upgrades: {sorted(counts)}")
+        assert set(counts.values()) == {1}, counts
+        assert {a for a, _ in counts} == {"on_connect", "on_publish", "on_play", "on_unpublish", "on_stop",
+                                          "on_close"}
+        assert len(hooks.bodies("on_close")) == 2 and len(hooks.bodies("on_stop")) == 2
+        unpub = hooks.bodies("on_unpublish")[0]
+        assert (unpub["server_id"], unpub["stream_id"]) == (pub["server_id"], pub["stream_id"]), \
+            "the same server and stream ids as at publish: the upgrade is invisible"
+    finally:
+        for p in players:
+            p.kill()
+        if publisher is not None:
+            stop_proc(publisher)
+        server.stop()
+        hooks.stop()
