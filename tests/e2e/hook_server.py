@@ -23,6 +23,7 @@ class HookServer:
     calls: list = field(default_factory=list)   # (monotonic arrival, path, body)
     in_flight: int = 0
     max_in_flight: int = 0
+    _stopping: bool = False
 
     def url(self, path: str = "/api/v1/hooks") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -52,8 +53,9 @@ class HookServer:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            if self.delay_s:
-                await asyncio.sleep(self.delay_s)
+            end = time.monotonic() + self.delay_s
+            while time.monotonic() < end and not self._stopping:    # stop() ends a "dead" server's waits
+                await asyncio.sleep(min(0.02, max(0.0, end - time.monotonic())))
         finally:
             self.in_flight -= 1
         action, stream = body.get("action"), body.get("stream", "")
@@ -79,6 +81,7 @@ class HookServer:
         return self.bodies(action, **match)
 
     def stop(self) -> None:
+        self._stopping = True
         async def down():
             await self._runner.cleanup()
         asyncio.run_coroutine_threadsafe(down(), self._loop).result(10)

@@ -331,3 +331,70 @@ def test_two_upgrades_with_hooks_on_ask_nothing_again_and_account_exactly_once(m
             stop_proc(publisher)
         server.stop()
         hooks.stop()
+
+
+def test_a_reload_keeps_granted_verdicts_and_new_requests_follow_the_new_hooks(test_flv):
+    from tests.e2e.upgrade_helpers import TimedPlayer
+    hooks = HookServer().start()
+    server = OpsServer(vhost_body=f"http_hooks {{ enabled on; on_play {hooks.url('/old')}; }}").start()
+    publisher, player = publish_file(server.rtmp_url("cam"), test_flv), None
+    try:
+        wait_live(server, "cam")
+        player = TimedPlayer(server.flv_url("cam"), 20).start()
+        wait_for(player.playing, 15, what="the player to play")
+        assert len(hooks.bodies("on_play")) == 1
+        hooks.deny.add(("on_play", "*"))            # the hook server now refuses every play
+        server.vhost_body = (f"http_hooks {{ enabled on; on_play {hooks.url('/new')};"
+                             f" on_stop {hooks.url('/new')}; }}")
+        server.conf_path.write_text(server.config_text())
+        assert server.ctl("reload").returncode == 0
+        server.wait_log("reload config success")
+        assert flv_get(server.flv_url("cam"))[0] == 403
+        assert [path for _, path, _ in hooks.calls] == ["/old", "/new"]
+        frames = len(player.arrivals)
+        wait_for(lambda: len(player.arrivals) >= frames + 25, 10, what="the granted player to play on")
+        assert len(hooks.bodies("on_play")) == 2, "the established player was not asked again"
+        player.kill()
+        hooks.wait("on_stop")   # owed since its grant; sent to the on_stop of the config in force
+        assert hooks.calls[-1][1] == "/new"
+    finally:
+        if player is not None:
+            player.kill()
+        stop_proc(publisher)
+        server.stop()
+        hooks.stop()
+
+
+def test_a_graceful_quit_sends_what_is_owed_and_waits_for_a_dead_hook_server_no_longer_than_its_timeout(test_flv):
+    hooks = HookServer().start()
+    dead = HookServer(delay_s=30).start()       # accepts, never answers in time
+    body = (f"http_hooks {{ enabled on; timeout 1000; on_connect {hooks.url()}; on_publish {hooks.url()};\n"
+            f"on_unpublish {hooks.url()}; on_play {hooks.url()}; on_stop {hooks.url()};\n"
+            f"on_close {hooks.url()} {dead.url()}; }}")
+    server = OpsServer(vhost_body=body, extra_global="grace_start_wait 0; grace_final_wait 0; grace_max_wait 300;"
+                       ).start()
+    publisher, players = publish_file(server.rtmp_url("cam"), test_flv), []
+    try:
+        wait_live(server, "cam")
+        players = [subprocess.Popen(["ffmpeg", "-v", "error", "-i", url, "-f", "null", "-"], stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                   for url in (server.rtmp_url("cam"), server.flv_url("cam"))]
+        hooks.wait("on_play", 2)
+        started = time.monotonic()
+        server.signal(signal.SIGQUIT)
+        server.proc.wait(15)
+        took = time.monotonic() - started
+        print(f"graceful quit with a dead on_close hook (timeout 1000 ms, grace_max_wait 300 ms): {took:.2f}s")
+        assert took < 0.3 + 1.0 * 3, took
+        pub = hooks.bodies("on_publish")[0]["client_id"]
+        assert len(hooks.bodies("on_unpublish", client_id=pub)) == 1
+        assert len(hooks.bodies("on_stop")) == 2 and len(hooks.bodies("on_close")) == 2
+        assert len(dead.bodies("on_close")) >= 1
+        assert f"http hook on_close {dead.url()} failed (ignored): no answer within 1000 ms" in server.log()
+    finally:
+        for p in players:
+            p.kill()
+        stop_proc(publisher)
+        server.stop()
+        hooks.stop()
+        dead.stop()
