@@ -398,3 +398,109 @@ def test_a_graceful_quit_sends_what_is_owed_and_waits_for_a_dead_hook_server_no_
         server.stop()
         hooks.stop()
         dead.stop()
+
+
+# ---- a slow hook server stalls no one else ---------------------------------------------------------------------
+
+# The goal for the worst gap between two video frames at a player of another stream during the burst (a frame is
+# 40 ms; the player's own jitter under load is ~100 ms), and the bound asserted (3x).
+BURST_GAP_GOAL_S = 0.25
+BURST_GAP_BOUND_S = 3 * BURST_GAP_GOAL_S
+
+
+async def _burst(port: int, n: int) -> list[tuple[str, float, str]]:
+    """n clients at once, half publishing, half playing: (kind, seconds to the verdict, status code)."""
+    async def one(i: int):
+        client = RtmpTestClient()
+        started = time.monotonic()
+        try:
+            await client.open(port)
+            if i % 2 == 0:
+                status = await client.publish(f"burst{i}")
+            else:
+                await client.create_stream()
+                client.session.play(client.stream_id, f"burst{i - 1}")
+                client._flush()
+                status = await client.wait_for(lambda e: isinstance(e, rtmp.Status) and e.code != "NetStream.Play.Reset",
+                                               timeout=30)
+            return ("publish" if i % 2 == 0 else "play", time.monotonic() - started, status.code), client
+        except Exception as e:
+            return ("publish" if i % 2 == 0 else "play", time.monotonic() - started, repr(e)), client
+    results = await asyncio.gather(*(one(i) for i in range(n)))
+    await asyncio.gather(*(client.close() for _, client in results))
+    return [r for r, _ in results]
+
+
+def test_a_burst_against_a_200ms_hook_server_stalls_no_other_player(test_flv):
+    import os
+    from tests.e2e.upgrade_helpers import TimedPlayer
+    n = int(os.environ.get("NONSTOP_ACCESS_BURST", "100"))
+    hooks = HookServer(delay_s=0.2).start()
+    # min_latency: frames go out as they come (no 350 ms merged writes), so a gap is a stall.
+    server = Server(vhost_body="min_latency on;\n" + hooks_block(hooks, events=("on_connect", "on_publish", "on_play")),
+                    max_connections=n + 100).start()
+    publisher, player = publish_file(server.rtmp_url("watch"), test_flv), None
+    try:
+        wait_live(server, "watch")
+        player = TimedPlayer(server.rtmp_url("watch"), 600).start()
+        wait_for(player.playing, 15, what="the player of the other stream")
+        frames_before = len(player.arrivals)
+        wait_for(lambda: len(player.arrivals) >= frames_before + 25, 10, what="1 s of play before the burst")
+        mark = len(player.arrivals)
+        started = time.monotonic()
+        results = asyncio.run(_burst(server.rtmp_port, n))
+        took = time.monotonic() - started
+        wait_for(lambda: len(player.arrivals) >= len(player.arrivals[:mark]) + int(took * 25) + 25, 15,
+                 what="1 s of play after the burst")
+        window = player.arrivals[mark - 1:]
+        worst = max(b - a for a, b in zip(window, window[1:]))
+        latencies = sorted(t for _, t, _ in results)
+        codes = {}
+        for kind, _, code in results:
+            codes[(kind, code)] = codes.get((kind, code), 0) + 1
+        print(f"burst of {n} publishes/plays against a 200 ms hook server (on_connect + on_publish/on_play): "
+              f"{took:.2f}s; verdict latency median {latencies[n // 2] * 1000:.0f} ms, "
+              f"p99 {latencies[min(n - 1, n * 99 // 100)] * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms; "
+              f"hook calls in flight at once {hooks.max_in_flight}; other stream's player: worst gap "
+              f"{worst * 1000:.0f} ms (bound {BURST_GAP_BOUND_S * 1000:.0f} ms); results {codes}")
+        assert codes == {("publish", "NetStream.Publish.Start"): (n + 1) // 2,
+                         ("play", "NetStream.Play.Start"): n // 2}, codes
+        assert latencies[0] >= 0.4, "each verdict waited for two 200 ms hooks"
+        assert worst < BURST_GAP_BOUND_S, f"the other stream's player stalled {worst:.3f}s"
+    finally:
+        if player is not None:
+            player.kill()
+        stop_proc(publisher)
+        server.stop()
+        hooks.stop()
+
+
+def test_the_cost_of_a_hook_call_per_connect():
+    """Sequential connect + publish, on a vhost with on_connect + on_publish against a hook server that answers at
+    once, and on one without hooks, on the same server: the difference is what two hook calls cost a client."""
+    hooks = HookServer().start()
+    server = Server(vhost_body=hooks_block(hooks, events=("on_connect", "on_publish")),
+                    extra_global="vhost nohooks.test { }").start()
+    n = 40
+
+    async def run(host: str) -> list[float]:
+        took = []
+        for i in range(n):
+            client = RtmpTestClient()
+            started = time.monotonic()
+            await client.open(server.rtmp_port, tc_url=f"rtmp://{host}:{server.rtmp_port}/live")
+            status = await client.publish(f"cost{host}{i}")
+            took.append(time.monotonic() - started)
+            assert status.code == "NetStream.Publish.Start", status
+            await client.close()
+        return sorted(took)
+    try:
+        asyncio.run(run("127.0.0.1"))      # warm up (the hook client's session, the worker's first imports)
+        with_hooks, without = asyncio.run(run("127.0.0.1")), asyncio.run(run("nohooks.test"))
+        assert len(hooks.bodies("on_publish")) == 2 * n
+        print(f"connect+publish, {n} in a row: median {with_hooks[n // 2] * 1000:.1f} ms with on_connect+on_publish "
+              f"(a hook server answering at once), {without[n // 2] * 1000:.1f} ms without hooks: "
+              f"{(with_hooks[n // 2] - without[n // 2]) * 1000 / 2:.1f} ms per hook call")
+    finally:
+        server.stop()
+        hooks.stop()
