@@ -166,11 +166,12 @@ class Access:
                                                        self._body("on_connect", who), timeout)
                 who.connected = True        # asked: one on_close is owed, whatever the answer
             hook = "on_publish" if action == PUBLISH else "on_play"
-            if reason is None and urls:
+            gone = conn.closed or getattr(conn, "handed_over", False)
+            if reason is None and urls and not gone:
                 if conn.kind == "rtmp":     # SRS's statistics know the stream before the hook: so does nonstop
                     self.worker.fetch_source(vhost, who.app, who.stream, time.monotonic())
                 reason = await self.hooks.post_all(conn.cid, hook, urls, self._body(hook, who), timeout)
-            if reason is None:
+            if reason is None and not gone:
                 self._grant(who, action)
             if getattr(conn, "handed_over", False):
                 return      # the new worker has the connection, its owed notifications and the question

@@ -504,3 +504,60 @@ def test_the_cost_of_a_hook_call_per_connect():
     finally:
         server.stop()
         hooks.stop()
+
+
+def test_a_client_that_leaves_while_asked_is_settled_in_order_when_the_answer_comes():
+    hooks = HookServer(delay_s=0.8).start()
+    server = Server(vhost_body=hooks_block(hooks, timeout_ms=5000)).start()
+
+    async def leave_early():
+        client = RtmpTestClient()
+        await client.open(server.rtmp_port)
+        client.session.release_stream("early")
+        await client.create_stream()
+        client.session.publish(client.stream_id, "early")
+        client._flush()
+        await asyncio.sleep(0.2)    # on_connect is being asked
+        await client.close()
+    try:
+        asyncio.run(leave_early())
+        hooks.wait("on_close", timeout=10)
+        order = [b["action"] for _, _, b in hooks.calls]
+        print(f"hook calls for a publisher gone during on_connect: {order}")
+        # Reading is paused while asking, so the server sees the EOF once allowed: the pairs stay in order.
+        assert order == ["on_connect", "on_publish", "on_unpublish", "on_close"], order
+    finally:
+        server.stop()
+        hooks.stop()
+
+
+def test_a_question_in_flight_at_an_upgrade_is_asked_again_by_the_new_worker(test_flv):
+    from tests.e2e.upgrade_helpers import TimedPlayer, UpgradeServer
+    hooks = HookServer().start()
+    server = UpgradeServer(vhost_body=hooks_block(hooks, timeout_ms=10000)).start()
+    publisher, player = publish_file(server.rtmp_url("cam"), test_flv), None
+    try:
+        wait_live(server, "cam")
+        hooks.delay_s = 4.0
+        player = TimedPlayer(server.rtmp_url("cam"), 4).start()
+        wait_for(lambda: hooks.in_flight >= 1, 10, what="the player's on_connect to be in flight")
+        server.upgrade(1)
+        assert server.log().count("upgrade done") == 1
+        assert "was waiting for its verdict when handed over: asking again" in server.log()
+        wait_for(player.playing, 20, what="the player to be let in by the new worker")
+        result = player.finish(30)
+        assert result.returncode == 0 and result.video
+        cid = hooks.bodies("on_play")[-1]["client_id"]
+        hooks.delay_s = 0
+        hooks.wait("on_stop", client_id=cid)
+        hooks.wait("on_close", client_id=cid)
+        actions = [b["action"] for _, _, b in hooks.calls if b["client_id"] == cid]
+        print(f"hook calls of the player asked across the upgrade: {actions}")
+        # on_connect was in flight: asked again; on_play was asked by the new worker only.
+        assert actions == ["on_connect", "on_connect", "on_play", "on_stop", "on_close"], actions
+    finally:
+        if player is not None:
+            player.kill()
+        stop_proc(publisher)
+        server.stop()
+        hooks.stop()
