@@ -180,19 +180,35 @@ def ffmpeg_play(url: str, seconds: float = 1.0, extra: tuple = (), timeout: floa
                           capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
-def test_security_allow_and_deny_by_cidr(test_flv):
-    body = ("security { enabled on; deny publish 10.0.0.0/8; allow publish 127.0.0.0/8;\n"
-            "deny play 127.0.0.0/8; allow play all; }")
-    server = Server(vhost_body=body).start()
+class DualStackServer(Server):
+    """Also listens for RTMP on [::1]."""
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.rtmp6_port = free_port()
+
+    def config_text(self) -> str:
+        return super().config_text().replace(f"listen {self.rtmp_port};",
+                                             f"listen {self.rtmp_port} [::1]:{self.rtmp6_port};")
+
+
+def test_security_allow_and_deny_by_cidr_ipv4_and_ipv6(test_flv):
+    body = ("security { enabled on; deny publish 10.0.0.0/8; allow publish 127.0.0.0/8; allow publish ::1/128;\n"
+            "deny play 127.0.0.0/8; allow play all; deny publish 2001:db8::/32; }")
+    server = DualStackServer(vhost_body=body).start()
     publisher = publish_file(server.rtmp_url("cam"), test_flv)
+    publisher6 = publish_file(f"rtmp://[::1]:{server.rtmp6_port}/live/cam6", test_flv)
     try:
         wait_live(server, "cam")        # allowed by 'allow publish 127.0.0.0/8'
+        wait_live(server, "cam6")       # allowed by 'allow publish ::1/128'
         result = ffmpeg_play(server.rtmp_url("cam"))
         assert result.returncode != 0 and "Play access denied" in result.stderr, result.stderr[-500:]
         assert flv_get(server.flv_url("cam"))[0] == 403
         assert "play refused for 127.0.0.1: security: 127.0.0.1 denied by 'deny play 127.0.0.0/8'" in server.log()
+        ok6 = ffmpeg_play(f"rtmp://[::1]:{server.rtmp6_port}/live/cam6")      # ::1 is not in 127.0.0.0/8
+        assert ok6.returncode == 0, ok6.stderr[-500:]
     finally:
         stop_proc(publisher)
+        stop_proc(publisher6)
         server.stop()
 
 
