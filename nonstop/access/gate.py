@@ -122,6 +122,8 @@ class Access:
         who = conn.access
         if who.granted == PLAY:
             return False        # a play allowed once (replayed after an upgrade's wait or a cluster's check)
+        if conn.cid in self._asking:
+            return True         # a pipelined second request while the first is asked: it gets nothing
         who.cid, who.ip, who.vhost, who.app, who.stream = conn.cid, conn.ip, vhost.name, app, stream
         # SRS's HTTP request as a hook sees it (SrsHttpMessage::to_request).
         who.tc_url, who.param = f"rtmp://{vhost.name}/{app}", f"?{conn.query}" if conn.query else ""
@@ -189,6 +191,7 @@ class Access:
             conn.resume_access(request)
         except Exception as e:  # a bug here must cost one client, not the worker
             log.error(conn.cid, f"{action} verdict failed: {e!r}")
+            self._asking.pop(conn.cid, None)    # so that the close settles what is owed
             conn.close("access check failed")
         finally:
             self._asking.pop(conn.cid, None)
