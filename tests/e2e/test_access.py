@@ -54,7 +54,7 @@ def exits(proc: subprocess.Popen, timeout: float) -> int:
         raise AssertionError(f"the client was not refused within {timeout}s") from None
 
 
-async def rtmp_publish_status(port: int, stream: str, page_url: str | None = None) -> tuple[rtmp.Status, float]:
+async def rtmp_publish_status(port: int, stream: str) -> tuple[rtmp.Status, float]:
     client = RtmpTestClient()
     started = time.monotonic()
     try:
@@ -437,8 +437,8 @@ async def _burst(port: int, n: int) -> list[tuple[str, float, str]]:
                 await client.create_stream()
                 client.session.play(client.stream_id, f"burst{i - 1}")
                 client._flush()
-                status = await client.wait_for(lambda e: isinstance(e, rtmp.Status) and e.code != "NetStream.Play.Reset",
-                                               timeout=30)
+                status = await client.wait_for(
+                    lambda e: isinstance(e, rtmp.Status) and e.code != "NetStream.Play.Reset", timeout=30)
             return ("publish" if i % 2 == 0 else "play", time.monotonic() - started, status.code), client
         except Exception as e:
             return ("publish" if i % 2 == 0 else "play", time.monotonic() - started, repr(e)), client
