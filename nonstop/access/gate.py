@@ -159,20 +159,21 @@ class Access:
         self._asking[conn.cid] = task
 
     async def _question(self, conn, action, request, vhost, connect_urls, urls) -> None:
-        who, timeout = conn.access, vhost.http_hooks.timeout
+        who, timeout, bound = conn.access, vhost.http_hooks.timeout, vhost.http_hooks.max_inflight
         try:
             reason = None
             if connect_urls is not None:
                 if connect_urls:
                     reason = await self.hooks.post_all(conn.cid, "on_connect", connect_urls,
-                                                       self._body("on_connect", who), timeout)
+                                                       self._body("on_connect", who), timeout, vhost.name, bound)
                 who.connected = True        # asked: one on_close is owed, whatever the answer
             hook = "on_publish" if action == PUBLISH else "on_play"
             gone = conn.closed or getattr(conn, "handed_over", False)
             if reason is None and urls and not gone:
                 if conn.kind == "rtmp":     # SRS's statistics know the stream before the hook: so does nonstop
                     self.worker.fetch_source(vhost, who.app, who.stream, time.monotonic())
-                reason = await self.hooks.post_all(conn.cid, hook, urls, self._body(hook, who), timeout)
+                reason = await self.hooks.post_all(conn.cid, hook, urls, self._body(hook, who), timeout,
+                                                   vhost.name, bound)
             if reason is None and not gone:
                 self._grant(who, action)
             if getattr(conn, "handed_over", False):
@@ -241,15 +242,17 @@ class Access:
         vhost = self.worker.config.vhosts.get(who.vhost)
         if vhost is None or not vhost.http_hooks.enabled or not getattr(vhost.http_hooks, action):
             return
-        data = self._body(action, who, **extra)
+        hooks = vhost.http_hooks
         task = asyncio.get_running_loop().create_task(
-            self._tell(who.cid, action, list(getattr(vhost.http_hooks, action)), data, vhost.http_hooks.timeout))
+            self._tell(who.cid, action, list(getattr(hooks, action)), self._body(action, who, **extra), hooks.timeout,
+                       vhost.name, hooks.max_inflight))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _tell(self, cid: str, action: str, urls: list[str], data: dict, timeout: int) -> None:
+    async def _tell(self, cid: str, action: str, urls: list[str], data: dict, timeout: int, vhost: str,
+                    bound: int) -> None:
         for url in urls:        # every URL is told, whatever the others answer (SRS ignores these failures)
-            reason = await self.hooks.post(url, data, timeout)
+            reason = await self.hooks.post(url, data, timeout, vhost, bound)
             if reason is not None:
                 log.warn(cid, f"http hook {action} {url} failed (ignored): {reason}")
             else:

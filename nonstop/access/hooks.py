@@ -27,9 +27,6 @@ import aiohttp
 from nonstop import SERVER_NAME
 from nonstop.log import log
 
-# Hook calls in flight at once, per worker (notifications included). A call waiting for a slot counts
-# against its own timeout, so a flood of clients cannot make anyone wait longer than the vhost's timeout.
-MAX_IN_FLIGHT = 256
 # SRS reads at most this much of an answer (SRS_HTTP_BODY_BUFFER); an answer is "0" or a small object.
 MAX_ANSWER = 32 * 1024
 ALLOW_STATUSES = (200, 201)
@@ -83,12 +80,14 @@ def judge(status: int, text: str) -> str | None:
 
 
 class HookClient:
-    """Posts hook bodies with aiohttp. One session per worker, opened at the first call (in the loop)."""
+    """Posts hook bodies with aiohttp. One session per worker, opened at the first call (in the loop).
 
-    def __init__(self, max_in_flight: int = MAX_IN_FLIGHT):
-        self.max_in_flight = max_in_flight
+    Calls in flight are bounded per vhost (`http_hooks.max_inflight`, notifications included): a call waiting
+    for a slot counts against its own timeout, so a flood of clients makes no one wait longer than that."""
+
+    def __init__(self):
         self._session: aiohttp.ClientSession | None = None
-        self._slots: asyncio.Semaphore | None = None
+        self._slots: dict[str, tuple[int, asyncio.Semaphore]] = {}     # vhost -> (its bound, its slots)
         self.in_flight = 0
         self.calls_total = 0
         self.refused_total = 0      # answers that refused, and failures (timeouts, errors)
@@ -96,20 +95,28 @@ class HookClient:
 
     def _open(self) -> None:
         if self._session is None:
-            self._slots = asyncio.Semaphore(self.max_in_flight)
+            # No pool-wide cap: the vhosts' slots bound the calls, hence the sockets.
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.max_in_flight),
+                connector=aiohttp.TCPConnector(limit=0),
                 headers={"User-Agent": SERVER_NAME, "Content-Type": "application/json"})
 
-    async def post(self, url: str, data: dict, timeout_ms: int) -> str | None:
+    def _slots_for(self, vhost: str, bound: int) -> asyncio.Semaphore:
+        """A reload that changes the bound gets new slots; the calls holding old ones finish on them."""
+        held = self._slots.get(vhost)
+        if held is None or held[0] != bound:
+            held = self._slots[vhost] = (bound, asyncio.Semaphore(bound))
+        return held[1]
+
+    async def post(self, url: str, data: dict, timeout_ms: int, vhost: str = "", bound: int = 256) -> str | None:
         """Post one hook; None if the answer allows, else why not (never raises for the network's sake)."""
         self._open()
+        slots = self._slots_for(vhost, bound)
         started = time.monotonic()
         self.calls_total += 1
         self.in_flight += 1
         try:
             async with asyncio.timeout(timeout_ms / 1000):
-                async with self._slots:
+                async with slots:
                     async with self._session.post(url, data=json.dumps(data)) as resp:
                         raw = await resp.content.read(MAX_ANSWER)
                         reason = judge(resp.status, raw.decode("utf-8", "replace"))
@@ -124,10 +131,11 @@ class HookClient:
             self.refused_total += 1
         return reason
 
-    async def post_all(self, cid: str, action: str, urls: list[str], data: dict, timeout_ms: int) -> str | None:
+    async def post_all(self, cid: str, action: str, urls: list[str], data: dict, timeout_ms: int,
+                       vhost: str = "", bound: int = 256) -> str | None:
         """Each URL in order; the first refusal stops and refuses (SRS: `any refusal refuses`)."""
         for url in urls:
-            reason = await self.post(url, data, timeout_ms)
+            reason = await self.post(url, data, timeout_ms, vhost, bound)
             if reason is not None:
                 return f"http hook {action} {url} refused: {reason}"
             log.verbose(cid, f"http hook {action} ok, url={url}")

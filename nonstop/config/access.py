@@ -3,7 +3,7 @@
 They are read here rather than by the directive table, because their directives repeat (`allow`, `deny`,
 `key`) or take lists, and SRS's own checks (srs_app_config.cpp check_normal_config) apply:
   - http_hooks: enabled, on_connect, on_close, on_publish, on_unpublish, on_play, on_stop, on_dvr, on_hls,
-    on_hls_notify (and nonstop's `timeout`); each on_* takes one or more URLs;
+    on_hls_notify (and nonstop's `timeout` and `max_inflight`); each on_* takes one or more URLs;
   - security: enabled, allow, deny; a rule is `allow|deny publish|play all|IP|CIDR`;
   - refer: enabled, all, publish, play; each takes domains. SRS 1/2's vhost-level `refer DOMAIN...;`,
     `refer_play` and `refer_publish` become `refer { enabled on; all|play|publish ...; }`, as SRS 7 does.
@@ -28,6 +28,7 @@ LEGACY_REFER = {"refer_play": "play", "refer_publish": "publish"}      # and a `
 REFER_RULES = ("all", "publish", "play")
 HOOK_TIMEOUT_MAX_MS = 60000
 _timeout = integer(1, HOOK_TIMEOUT_MAX_MS)
+_max_inflight = integer(1, 65536)
 _KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
 SECRET_MIN = 16         # characters: an HMAC key shorter than this is a password, not a secret
 
@@ -84,9 +85,10 @@ def http_hooks(d: Directive) -> HttpHooks:
         if child.name == "enabled":
             # Every `enabled` counts: a later `enabled on` must not hide behind an earlier off, nor the reverse.
             hooks.enabled = hooks.enabled or _flag(child, shown)
-        elif child.name == "timeout":
+        elif child.name in ("timeout", "max_inflight"):
+            parse = _timeout if child.name == "timeout" else _max_inflight
             try:
-                hooks.timeout = _timeout(_one(child, shown))
+                setattr(hooks, child.name, parse(_one(child, shown)))
             except ValueError as e:
                 raise ConfigError(child.file, child.line, f"{shown}: {e}") from None
         elif child.name in HOOK_EVENTS or child.name in HOOK_EVENTS_RESERVED:

@@ -87,6 +87,7 @@ HOOK_EVENTS = ("on_connect", "on_close", "on_publish", "on_unpublish", "on_play"
 # Accepted and kept, for the features that will call them (HLS, DVR); nothing calls them yet.
 HOOK_EVENTS_RESERVED = ("on_dvr", "on_hls", "on_hls_notify")
 HOOK_TIMEOUT_MS = 3000      # new: SRS waits up to 30 s (SRS_HTTP_CLIENT_TIMEOUT), with the client held
+HOOK_MAX_INFLIGHT = 256     # new: SRS has no bound (a coroutine per client)
 
 
 @dataclass
@@ -103,6 +104,7 @@ class HttpHooks:
     on_hls: list[str] = field(default_factory=list)
     on_hls_notify: list[str] = field(default_factory=list)
     timeout: int = HOOK_TIMEOUT_MS      # ms per URL, new
+    max_inflight: int = HOOK_MAX_INFLIGHT   # new: this vhost's hook calls in flight at once, per worker
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,7 @@ class HookServer:
 
 
 def hooks_block(hooks: HookServer, timeout_ms: int = 3000, events=("on_connect", "on_close", "on_publish",
-                                                                   "on_unpublish", "on_play", "on_stop")) -> str:
+                                                                   "on_unpublish", "on_play", "on_stop"),
+                max_inflight: int = 256) -> str:
     lines = "\n".join(f"{e} {hooks.url('/api/v1/' + e)};" for e in events)
-    return f"http_hooks {{ enabled on; timeout {timeout_ms};\n{lines}\n}}"
+    return f"http_hooks {{ enabled on; timeout {timeout_ms}; max_inflight {max_inflight};\n{lines}\n}}"

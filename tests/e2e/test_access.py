@@ -451,9 +451,11 @@ def test_a_burst_against_a_200ms_hook_server_stalls_no_other_player(test_flv):
     import os
     from tests.e2e.upgrade_helpers import TimedPlayer
     n = int(os.environ.get("NONSTOP_ACCESS_BURST", "100"))
+    bound = min(256, n // 2)        # http_hooks.max_inflight: reached by the burst, never passed
     hooks = HookServer(delay_s=0.2).start()
     # min_latency: frames go out as they come (no 350 ms merged writes), so a gap is a stall.
-    server = Server(vhost_body="min_latency on;\n" + hooks_block(hooks, events=("on_connect", "on_publish", "on_play")),
+    server = Server(vhost_body="min_latency on;\n" + hooks_block(hooks, events=("on_connect", "on_publish", "on_play"),
+                                                                  max_inflight=bound),
                     max_connections=n + 100).start()
     publisher, player = publish_file(server.rtmp_url("watch"), test_flv), None
     try:
@@ -477,11 +479,13 @@ def test_a_burst_against_a_200ms_hook_server_stalls_no_other_player(test_flv):
         print(f"burst of {n} publishes/plays against a 200 ms hook server (on_connect + on_publish/on_play): "
               f"{took:.2f}s; verdict latency median {latencies[n // 2] * 1000:.0f} ms, "
               f"p99 {latencies[min(n - 1, n * 99 // 100)] * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms; "
-              f"hook calls in flight at once {hooks.max_in_flight}; other stream's player: worst gap "
+              f"hook calls in flight at once {hooks.max_in_flight} (max_inflight {bound}); other stream's player: "
+              f"worst gap "
               f"{worst * 1000:.0f} ms (bound {BURST_GAP_BOUND_S * 1000:.0f} ms); results {codes}")
         assert codes == {("publish", "NetStream.Publish.Start"): (n + 1) // 2,
                          ("play", "NetStream.Play.Start"): n // 2}, codes
         assert latencies[0] >= 0.4, "each verdict waited for two 200 ms hooks"
+        assert hooks.max_in_flight == bound, "the burst fills http_hooks.max_inflight and never passes it"
         assert worst < BURST_GAP_BOUND_S, f"the other stream's player stalled {worst:.3f}s"
     finally:
         if player is not None:

@@ -30,13 +30,13 @@ class FakeHooks:
         self.gate: asyncio.Event | None = None      # when set, questions wait for it
         self.gated = ("on_connect", "on_publish", "on_play")
 
-    async def post_all(self, cid, action, urls, data, timeout_ms):
+    async def post_all(self, cid, action, urls, data, timeout_ms, vhost="", bound=256):
         self.calls.append((action, data))
         if self.gate is not None and action in self.gated:
             await self.gate.wait()
         return f"http hook {action} {urls[0]} refused: response code 1" if action in self.deny else None
 
-    async def post(self, url, data, timeout_ms):
+    async def post(self, url, data, timeout_ms, vhost="", bound=256):
         self.calls.append((data["action"], data))
         return None
 

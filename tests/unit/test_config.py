@@ -348,11 +348,12 @@ vhost v {
         on_hls http://127.0.0.1:8085/api/v1/hls;
         on_hls_notify http://127.0.0.1:8085/api/v1/hls/[server_id]/[app]/[stream]/[ts_url][param];
         timeout 1500;
+        max_inflight 32;
     }
 }
 """)
     hooks = config.vhosts["v"].http_hooks
-    assert hooks.enabled and hooks.timeout == 1500
+    assert hooks.enabled and hooks.timeout == 1500 and hooks.max_inflight == 32
     assert hooks.on_connect == ["http://127.0.0.1:8085/api/v1/clients", "http://localhost:8085/api/v1/clients"]
     assert hooks.on_publish == ["http://127.0.0.1:8085/api/v1/streams", "https://h.example/x?y=1"]
     assert hooks.on_dvr == ["http://127.0.0.1:8085/api/v1/dvrs"] and config.warnings == []
