@@ -37,6 +37,9 @@ PUBLISH = "publish"
 PLAY = "play"
 # A quit waits this much longer than the longest hook timeout for the last notifications, then goes.
 STOP_GRACE_S = 0.2
+# An answer that comes while its connection is being handed over waits for the handover to end, checking this
+# often (the handover itself is bounded: transfer.py).
+HANDOVER_POLL_S = 0.01
 
 
 def _query_param(query: str, name: str) -> str | None:
@@ -54,6 +57,7 @@ class Access:
         self.clock = time.time          # for signed URLs' expiry
         self._cleared: dict[str, object] = {}       # cid -> the RTMP request that was allowed
         self._asking: dict[str, asyncio.Task] = {}  # cid -> its question in flight
+        self._decided: dict[str, tuple] = {}        # cid -> (request, refusal) answered on the old worker
         self._tasks: set[asyncio.Task] = set()      # notifications in flight
         self.allowed_total = 0
         self.refused_total = 0
@@ -82,6 +86,10 @@ class Access:
         """A publish or play request. False: go on now. True: held here (asking) or refused."""
         if self._cleared.get(conn.cid) is event:
             return False        # allowed already (asked again by a cluster's routing, which replays it)
+        decided = self._decided.pop(conn.cid, None)
+        if decided is not None and decided[0] is event:
+            self._refuse(conn, action, event, decided[1])      # refused on the old worker, as it was handed over
+            return True
         vhost, who, session = conn.vhost, conn.access, conn.session
         query = event.query or session.query
         if who.stream != event.name:
@@ -107,13 +115,22 @@ class Access:
         return True
 
     def pending_request(self, conn):
-        """The request a handed-over connection was waiting on (its old worker's answer is lost): asked again."""
+        """The request a handed-over connection was waiting on, for the new worker to replay: with the verdict
+        if the old worker got it before the snapshot, else to be asked again (the old one's answer is lost)."""
         pending, conn.access.pending = conn.access.pending, None
         if not pending:
             return None
         cls = rtmp.PublishRequest if pending["action"] == PUBLISH else rtmp.PlayRequest
-        log.trace(conn.cid, f"{pending['action']} was waiting for its verdict when handed over: asking again")
-        return cls(**pending["event"])
+        event = cls(**pending["event"])
+        verdict = pending.get("verdict")
+        if verdict == "allowed":
+            self._cleared[conn.cid] = event
+            log.trace(conn.cid, f"{pending['action']} was allowed as it was handed over: going on")
+        elif verdict:
+            self._decided[conn.cid] = (event, verdict)
+        else:
+            log.trace(conn.cid, f"{pending['action']} was waiting for its verdict when handed over: asking again")
+        return event
 
     # ----- HTTP-FLV ---------------------------------------------------------------------------------------
 
@@ -176,6 +193,12 @@ class Access:
                                                    vhost.name, bound)
             if reason is None and not gone:
                 self._grant(who, action)
+            if conn.handing_over and not conn.closed and who.pending is not None:
+                # Mid-handover: a snapshot taken from now on carries the verdict, and the new worker goes on
+                # with it; if the handover is cancelled, it is acted on here.
+                who.pending["verdict"] = "allowed" if reason is None else reason
+                while conn.handing_over and not conn.closed:
+                    await asyncio.sleep(HANDOVER_POLL_S)
             if getattr(conn, "handed_over", False):
                 return      # the new worker has the connection, its owed notifications and the question
             who.pending = None
@@ -217,6 +240,7 @@ class Access:
     def closed(self, conn) -> None:
         """The client is gone (a connection handed over never gets here): send what it is owed, once."""
         self._cleared.pop(conn.cid, None)
+        self._decided.pop(conn.cid, None)
         if conn.cid in self._asking:
             return      # its question settles it when answered
         self._settle(conn)

@@ -4,8 +4,9 @@ It is the connection's "access" snapshot key, so it moves with the connection in
   - `connected`: on_connect was asked; exactly one on_close is owed when the client leaves;
   - `publishing` / `playing`: on_publish / on_play allowed (with hooks on); one on_unpublish / on_stop is owed
     when the client stops or leaves;
-  - `pending`: a publish or play waiting for its verdict, so a new worker that receives the connection
-    mid-question can ask it (the only case where the hook server may hear a question twice).
+  - `pending`: a publish or play waiting for its verdict, with the verdict once known, so a new worker that
+    receives the connection mid-question acts on the answer, or asks again if it came too late for the
+    snapshot (the only case where the hook server may hear a question twice).
 Leaving the old worker in a handover sends nothing: the owed notifications travel with the connection and
 are sent once, by whichever worker sees the client go. A config reload keeps every granted verdict.
 """

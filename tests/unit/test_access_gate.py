@@ -67,6 +67,7 @@ class FakeConn:
         self.session = types.SimpleNamespace(app="live", tc_url="rtmp://h/live", query="")
         self.page_url, self.access = "", ConnAccess()
         self.closed, self.held, self.resumed, self.refused = False, False, [], []
+        self.handing_over = False
         self.send_bytes, self.recv_bytes = 10, 20
 
     def hold_for_access(self):
@@ -194,6 +195,57 @@ def test_a_handover_during_the_question_sends_nothing_and_the_snapshot_asks_agai
         assert new_worker.access.rtmp_request(moved, "play", again) is True
         await settle()
         assert new_hooks.actions() == ["on_connect", "on_play"] and moved.resumed == [again]
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("deny", [False, True])
+def test_an_answer_during_a_handover_travels_in_the_snapshot_and_is_not_asked_again(deny):
+    async def main():
+        worker, hooks = setup()
+        if deny:
+            hooks.deny.add("on_play")
+        hooks.gate = asyncio.Event()
+        conn = FakeConn(worker)
+        event = play()
+        worker.access.rtmp_request(conn, "play", event)
+        await settle()
+        conn.handing_over = True        # begin_handover
+        hooks.gate.set()
+        await settle()
+        assert conn.resumed == [] and conn.refused == [], "nothing is done mid-handover"
+        snap = conn.access.snapshot()
+        conn.closed, conn.handed_over, conn.handing_over = True, True, False     # finish_handover
+        await asyncio.sleep(0.05)
+        new_worker, new_hooks = setup()
+        moved = FakeConn(new_worker)
+        moved.access = ConnAccess.restore(snap)
+        again = new_worker.access.pending_request(moved)
+        assert new_worker.access.rtmp_request(moved, "play", again) is deny
+        await settle()
+        assert new_hooks.actions() == [], "the new worker asked nothing"
+        if deny:
+            assert "on_play" in moved.refused[0]
+        moved.close()
+        await settle()
+        assert new_hooks.actions() == (["on_close"] if deny else ["on_stop", "on_close"])
+    asyncio.run(main())
+
+
+def test_an_answer_during_a_cancelled_handover_is_acted_on_here():
+    async def main():
+        worker, hooks = setup()
+        hooks.gate = asyncio.Event()
+        conn = FakeConn(worker)
+        event = play()
+        worker.access.rtmp_request(conn, "play", event)
+        await settle()
+        conn.handing_over = True
+        hooks.gate.set()
+        await settle()
+        assert conn.resumed == []
+        conn.handing_over = False       # cancel_handover
+        await asyncio.sleep(0.05)
+        assert conn.resumed == [event] and conn.access.pending is None
     asyncio.run(main())
 
 
