@@ -93,6 +93,63 @@ class Cluster:
     advertise: str = ""                 # the host other nodes should use to reach this one ("" = guess)
 
 
+HOOK_EVENTS = ("on_connect", "on_close", "on_publish", "on_unpublish", "on_play", "on_stop")
+# Accepted and kept, for the features that will call them (HLS, DVR); nothing calls them yet.
+HOOK_EVENTS_RESERVED = ("on_dvr", "on_hls", "on_hls_notify")
+HOOK_TIMEOUT_MS = 3000      # new: SRS waits up to 30 s (SRS_HTTP_CLIENT_TIMEOUT), with the client held
+HOOK_MAX_INFLIGHT = 256     # new: SRS has no bound (a coroutine per client)
+
+
+@dataclass
+class HttpHooks:
+    """SRS's vhost http_hooks: each event holds its URLs, called in order (nonstop/access/hooks.py)."""
+    enabled: bool = False
+    on_connect: list[str] = field(default_factory=list)
+    on_close: list[str] = field(default_factory=list)
+    on_publish: list[str] = field(default_factory=list)
+    on_unpublish: list[str] = field(default_factory=list)
+    on_play: list[str] = field(default_factory=list)
+    on_stop: list[str] = field(default_factory=list)
+    on_dvr: list[str] = field(default_factory=list)
+    on_hls: list[str] = field(default_factory=list)
+    on_hls_notify: list[str] = field(default_factory=list)
+    timeout: int = HOOK_TIMEOUT_MS      # ms per URL, new
+    max_inflight: int = HOOK_MAX_INFLIGHT   # new: this vhost's hook calls in flight at once, per worker
+
+
+@dataclass(frozen=True)
+class SecurityRule:
+    allow: bool                 # allow or deny
+    action: str                 # publish | play
+    target: str                 # "all", an IP or a CIDR, as written
+
+
+@dataclass
+class Security:
+    """SRS's vhost security: allow/deny rules, in file order (nonstop/access/rules.py)."""
+    enabled: bool = False
+    rules: list[SecurityRule] = field(default_factory=list)
+
+
+@dataclass
+class Refer:
+    """SRS's vhost refer: None is "not specified" (allow), a list the domains a page URL must end with."""
+    enabled: bool = False
+    all: list[str] | None = None
+    publish: list[str] | None = None
+    play: list[str] | None = None
+
+
+@dataclass
+class SignedUrl:
+    """New: stateless signed stream URLs (nonstop/access/signed.py). Keys by id, the first is the one
+    `nonstop sign` uses by default; publish and play are required separately."""
+    enabled: bool = False
+    keys: dict[str, str] = field(default_factory=dict)     # key id -> secret, in file order
+    publish: bool = True        # publishers need a token
+    play: bool = True           # players need a token
+
+
 @dataclass
 class Vhost:
     name: str
@@ -104,6 +161,10 @@ class Vhost:
     play: Play = field(default_factory=Play)
     publish: Publish = field(default_factory=Publish)
     cluster: Cluster = field(default_factory=Cluster)
+    http_hooks: HttpHooks = field(default_factory=HttpHooks)
+    security: Security = field(default_factory=Security)
+    refer: Refer = field(default_factory=Refer)
+    signed_url: SignedUrl = field(default_factory=SignedUrl)
 
 
 @dataclass

@@ -24,6 +24,7 @@ import urllib.parse
 import httptools
 
 from nonstop import SERVER_NAME
+from nonstop.access.state import ConnAccess
 from nonstop.log import log, quote
 from nonstop.media.consumer import Consumer
 from nonstop.media.packet import FORMAT_FLV
@@ -117,6 +118,7 @@ class HttpConnection(asyncio.Protocol):
     @source.setter
     def source(self, value) -> None:
         self._source = value
+        self.access = ConnAccess()  # what access control granted and is owed (nonstop/access)
 
     # ----- asyncio callbacks -------------------------------------------------------------------------------
 
@@ -231,6 +233,8 @@ class HttpConnection(asyncio.Protocol):
     # ----- HTTP-FLV ----------------------------------------------------------------------------------------
 
     def _play(self, method: str, vhost, app: str, stream: str) -> None:
+        if self.worker.access.flv_request(self, method, vhost, app, stream):
+            return  # asking for a verdict, or refused (403)
         if self.worker.cluster.on_flv_play(self, method, vhost, app, stream):
             return  # answered by the origin cluster (302 or 404)
         now = time.monotonic()
@@ -338,6 +342,15 @@ class HttpConnection(asyncio.Protocol):
         self.deadline = None        # the body may take longer than a request may
         return static.serve(self, method, url_path, self.headers, root)
 
+    # ----- access control (nonstop/access/gate.py) ----------------------------------------------------------
+
+    def resume_access(self, request) -> None:
+        """The verdict allowed the play: go on with it."""
+        self._play(*request)
+
+    def refuse_access(self, action: str, request, reason: str) -> None:
+        self._respond(403, "Forbidden")
+
     # ----- plumbing ----------------------------------------------------------------------------------------
 
     def _hand_to_api(self) -> None:
@@ -388,6 +401,7 @@ class HttpConnection(asyncio.Protocol):
             self.control_bytes += self.consumer.bytes_sent
             self.worker.closed_dropped += self.consumer.dropped     # for /metrics' dropped messages
             self.consumer = None
+        self.worker.access.closed(self)     # what the hook server is owed (on_stop / on_close)
         if abort or self.left_behind:
             reset(self.transport)       # a kick, or a left-behind connection whose bound is up
         elif self.transport is not None:
@@ -433,7 +447,8 @@ class HttpConnection(asyncio.Protocol):
                 "source_key": self.source.key if self.source is not None else None,
                 "consumer": self.consumer.snapshot() if self.consumer is not None else None,
                 "created_at": self.created_at, "created_wall": self.created_wall,
-                "control_bytes": self.control_bytes, "recv_bytes": self.recv_bytes, "deadline": self.deadline}
+                "control_bytes": self.control_bytes, "recv_bytes": self.recv_bytes, "deadline": self.deadline,
+                "access": self.access.snapshot()}
 
     @classmethod
     def restore(cls, worker, snap: dict, source=None) -> "HttpConnection":
@@ -450,6 +465,7 @@ class HttpConnection(asyncio.Protocol):
         self.created_at, self.created_wall = snap["created_at"], snap["created_wall"]
         self.control_bytes, self.recv_bytes = snap["control_bytes"], snap["recv_bytes"]
         self.deadline = snap.get("deadline")      # a republish window in progress (monotonic: system-wide)
+        self.access = ConnAccess.restore(snap.get("access"))
         self.restored = snap
         return self
 

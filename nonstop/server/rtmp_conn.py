@@ -13,6 +13,7 @@ import struct
 import termios
 import time
 
+from nonstop.access.state import ConnAccess
 from nonstop.cluster.urls import host_of_url
 from nonstop.log import log, quote
 from nonstop.media.consumer import Consumer
@@ -62,6 +63,8 @@ class RtmpConnection(asyncio.Protocol):
         self._held_eof = False
         self.page_url = ""
         self.swf_url = ""
+        self.access = ConnAccess()          # what access control granted and is owed (nonstop/access)
+        self.held_events: list = []         # what the client sent while its verdict was pending
 
     @property
     def source(self):
@@ -102,9 +105,7 @@ class RtmpConnection(asyncio.Protocol):
             self.transport.pause_reading()
             return
         try:
-            events = self.session.receive_data(data)
-            for event in events:
-                self._on_event(event)
+            self._on_events(self.session.receive_data(data))
         except ProtocolError as e:
             self._flush_session()
             self.close(f"protocol error: {e}")
@@ -151,6 +152,13 @@ class RtmpConnection(asyncio.Protocol):
         if out and self.transport is not None and not self.transport.is_closing():
             self.control_bytes += len(out)
             self.transport.write(out)
+
+    def _on_events(self, events) -> None:
+        for i, event in enumerate(events):
+            if self.access.pending is not None:     # a verdict is pending: the rest waits for it
+                self.held_events.extend(events[i:])
+                return
+            self._on_event(event)
 
     def _on_event(self, event) -> None:
         if isinstance(event, rtmp.Media):
@@ -204,6 +212,8 @@ class RtmpConnection(asyncio.Protocol):
             raise rtmp.RtmpError(f"publish while already {self.role}ing")
         if self._refuse_bad_name(event, event.name, "stream"):
             return
+        if self.worker.access.rtmp_request(self, ROLE_PUBLISH, event):
+            return  # asking for a verdict (reading paused), or refused
         if self.worker.cluster.on_publish(self, event):
             return  # the origin cluster decides later (publish uniqueness)
         now = time.monotonic()
@@ -230,6 +240,8 @@ class RtmpConnection(asyncio.Protocol):
             raise rtmp.RtmpError(f"play while already {self.role}ing")
         if self._refuse_bad_name(event, event.name, "stream"):
             return
+        if self.worker.access.rtmp_request(self, ROLE_PLAY, event):
+            return  # asking for a verdict (reading paused), or refused
         if self.worker.cluster.on_play(self, event):
             return  # answered by the origin cluster (redirect or StreamNotFound)
         now = time.monotonic()
@@ -270,6 +282,7 @@ class RtmpConnection(asyncio.Protocol):
         if self.role == ROLE_PUBLISH and self.source is not None:
             self.source.on_unpublish(time.monotonic())
             log.trace(self.cid, f"unpublish {quote(self.source.key)}: {reason}")
+            self.worker.access.left(self, ROLE_PUBLISH)
             self.role = ROLE_NONE
             self.source = None
             self.deadline = None
@@ -280,6 +293,7 @@ class RtmpConnection(asyncio.Protocol):
             self.control_bytes += self.consumer.bytes_sent   # keep the total once the consumer is gone
             self.worker.closed_dropped += self.consumer.dropped     # the same for /metrics' dropped messages
             log.trace(self.cid, f"stop play {quote(self.source.key)}")
+            self.worker.access.left(self, ROLE_PLAY)
             self.consumer = None
             self.source = None
             self.role = ROLE_NONE
@@ -330,6 +344,35 @@ class RtmpConnection(asyncio.Protocol):
         client may be one that never reads; it is forgotten and counted out at once (nonstop/reset.py)."""
         log.warn(self.cid, f"kick: {reason}")
         self.close(reason, abort=True)
+
+    # ----- access control (nonstop/access/gate.py) ----------------------------------------------------------
+
+    def hold_for_access(self) -> None:
+        """A publish or play waits for its verdict: read nothing more meanwhile."""
+        self.transport.pause_reading()
+
+    def resume_access(self, request) -> None:
+        """The verdict allowed `request`: go on with it, then with what the client sent meanwhile."""
+        held, self.held_events = self.held_events, []
+        if not self.handing_over:
+            self.transport.resume_reading()
+        try:
+            self._on_events([request, *held])
+        except ProtocolError as e:
+            self._flush_session()
+            self.close(f"protocol error: {e}")
+            return
+        self._flush_session()
+
+    def refuse_access(self, action: str, request, reason: str) -> None:
+        """Refused: an error onStatus, NetStream.Publish.Rejected or NetStream.Play.Rejected (every RTMP client
+        reads level=error as a refusal: ffmpeg says "Server error: Publish access denied."), then a close. The
+        reason stays in the log: it may name a hook URL."""
+        self.held_events = []
+        self.session.send_status(request.stream_id, "error", f"NetStream.{action.capitalize()}.Rejected",
+                                 f"{action.capitalize()} access denied.")
+        self._flush_session()
+        self.close_later(f"{action} refused")
 
     def send_status(self, code: str, description: str) -> None:
         """An onStatus on this client's stream, e.g. a publisher's last NetStream.Unpublish.Success at quit."""
@@ -392,6 +435,7 @@ class RtmpConnection(asyncio.Protocol):
         elif self.consumer is not None:
             self._stop_playing()
         self.session.close()
+        self.worker.access.closed(self)     # what the hook server is owed (on_stop / on_close)
         if abort or self.left_behind:
             reset(self.transport)       # a kick, or a left-behind connection whose bound is up
         elif self.transport is not None:
@@ -456,6 +500,7 @@ class RtmpConnection(asyncio.Protocol):
             "last_media_at": self.last_media_at, "got_media": self.got_media,
             "control_bytes": self.control_bytes, "close_reason": self.close_reason,
             "page_url": self.page_url, "swf_url": self.swf_url,
+            "access": self.access.snapshot(),
         }
 
     @classmethod
@@ -481,6 +526,7 @@ class RtmpConnection(asyncio.Protocol):
         self.got_media, self.control_bytes = snap["got_media"], snap["control_bytes"]
         self.close_reason = snap["close_reason"]
         self.page_url, self.swf_url = snap.get("page_url", ""), snap.get("swf_url", "")
+        self.access = ConnAccess.restore(snap.get("access"))
         self.restored = snap
         return self
 
@@ -514,6 +560,9 @@ class RtmpConnection(asyncio.Protocol):
             else:
                 self.consumer.attach(snap["consumer"]["position"])
         self.transport.resume_reading()
+        pending = self.worker.access.pending_request(self)
+        if pending is not None:
+            self._on_event(pending)
         if self.consumer is not None:
             self.consumer.flush(now)
         self._flush_session()

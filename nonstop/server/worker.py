@@ -14,6 +14,7 @@ import socket
 import time
 
 from nonstop import SERVER_NAME
+from nonstop.access.gate import Access
 from nonstop.cluster.manager import Cluster
 from nonstop.log import log
 from nonstop.master.sockets import RTMP as LISTENER_RTMP   # listener kinds are the master's (master/sockets.py)
@@ -66,6 +67,9 @@ class Worker:
         self.apply_config(config)
         # Origin cluster and edge (nonstop/cluster): hooks in the connections, the sweep and stop.
         self.cluster = Cluster(self)
+        # Access control (nonstop/access): security, refer, signed URLs, http_hooks. It reads the config in
+        # force at each question, so a reload applies to new requests; granted verdicts are kept.
+        self.access = Access(self)
 
     # ----- configuration ---------------------------------------------------------------------------------
 
@@ -256,5 +260,6 @@ class Worker:
         await self.close_listeners()
         await self.cluster.stop()
         self.close_all("server quit")
+        await self.access.stop()    # the notifications the closes owe, bounded by the hook timeout
 
 
