@@ -107,6 +107,7 @@ class HttpConnection(asyncio.Protocol):
         self.wanted = None          # (method, vhost, app, stream) of a play waiting for a handover
         self.complete = False       # the request was read whole (and answered, handed on, or playing)
         self.left_behind = False
+        self.access = ConnAccess()  # what access control granted and is owed (nonstop/access)
 
     @property
     def source(self):
@@ -118,7 +119,6 @@ class HttpConnection(asyncio.Protocol):
     @source.setter
     def source(self, value) -> None:
         self._source = value
-        self.access = ConnAccess()  # what access control granted and is owed (nonstop/access)
 
     # ----- asyncio callbacks -------------------------------------------------------------------------------
 

@@ -10,23 +10,18 @@ from nonstop.config import load, load_text
 from nonstop.config.errors import ConfigError
 
 
-def test_a_switched_off_refer_block_is_accepted_with_its_rules():
+def test_a_switched_off_refer_block_is_accepted_with_its_rules_and_stays_off():
     config = load_text("listen 1935;\nvhost v {\n refer { enabled off; all github.com; play a.com; } }\n",
                        "nonstop.conf", env={})
-    assert config.warnings == ["nonstop.conf:3: 'refer' is an SRS directive nonstop does not support; "
-                               "ignored (it is off)"]
+    assert config.warnings == [] and not config.vhosts["v"].refer.enabled
 
 
-@pytest.mark.parametrize("body, line", [
-    ("refer { enabled on; all github.com; }", 2),
-    ("refer { enabled off;\n enabled on; play a.com; }", 3),
-    ("refer { all github.com; }", 2),
-])
-def test_a_refer_block_that_may_be_on_is_still_refused(body, line):
-    with pytest.raises(ConfigError) as info:
-        load_text(f"listen 1935;\nvhost v {{ {body} }}\n", "nonstop.conf", env={})
-    assert str(info.value).startswith(f"nonstop.conf:{line}: 'refer' ")
-    assert "refusing to start" in str(info.value)
+def test_a_later_enabled_on_in_a_refer_block_turns_it_on():
+    # Since access control exists (issue 12) an enabled refer block is checked, not refused; every `enabled`
+    # counts, as in SRS, so a later `enabled on` wins.
+    config = load_text("listen 1935;\nvhost v { refer { enabled off;\n enabled on; play a.com; } }\n",
+                       "nonstop.conf", env={})
+    assert config.vhosts["v"].refer.enabled
 
 
 def test_include_falls_back_to_the_working_directory_as_srs_samples_expect(tmp_path, monkeypatch):

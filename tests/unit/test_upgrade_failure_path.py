@@ -26,6 +26,7 @@ class FakeWorker:
         self.state = SERVING
         self.discarded = False
         self.handover_end = None
+        self.started_at = 0.0
         self.orders: list = []
 
     def order(self, op, fds=None, **fields):
