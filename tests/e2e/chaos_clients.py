@@ -96,7 +96,7 @@ class FlvBody:
         raw = self.raw
         raw += data
         while raw:
-            if self.chunk_left:
+            if self.chunk_left > 0:
                 n = min(self.chunk_left, len(raw))
                 self.flv += raw[:n]
                 del raw[:n]

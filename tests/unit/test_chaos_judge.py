@@ -135,3 +135,22 @@ def test_a_publisher_exit_is_excused_only_inside_the_kill_window(chaos):
     result = judge(chaos, [FakeClient("reader-rtmp-0", stream(0.5, 40, pause=(20.0, 26.3)))])
     assert result.failures == ["the publisher was disconnected 1 time(s) outside the kill windows: at +26.90s in "
                                "phase 'after SIGCONT' (ffmpeg exit 1: Connection reset by peer)"]
+
+
+def test_the_flv_readers_body_parser_reads_a_chunked_body_fed_byte_by_byte():
+    """HTTP-FLV answers are chunked since issue 11: the readers' parser must cross every chunk boundary (the
+    CRLF after a chunk's data once sent it into a busy loop that never yielded a tag)."""
+    import struct
+    from tests.e2e.chaos_clients import FlvBody
+    header = b"FLV\x01\x05\x00\x00\x00\x09" + b"\x00\x00\x00\x00"
+    tags = b"".join(bytes([9]) + (5).to_bytes(3, "big") + (ts).to_bytes(3, "big") + b"\x00\x00\x00\x00"
+                    + b"\x17\x01abc" + struct.pack(">I", 16) for ts in (0, 40, 80))
+    data = header + tags
+    parts = (data[:7], data[7:20], data[20:50], data[50:])
+    body = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts)
+    parser, got = FlvBody(chunked=True), []
+    for i in range(len(body)):
+        got += parser.feed(body[i:i + 1])
+    assert [(t, ts) for t, ts, _ in got] == [(9, 0), (9, 40), (9, 80)]
+    with pytest.raises(EOFError):
+        parser.feed(b"0\r\n\r\n")
