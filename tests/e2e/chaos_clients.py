@@ -473,13 +473,22 @@ def hostile_main(rtmp_url: str, flv_url: str, never_readers: list[str], idle: in
         session = rtmp.RtmpSession(rtmp.CLIENT)
         session.connect(rt.app, rt.tc_url)
         _rtmp_until(sock, session, None, time.monotonic() + 10)
-        chunk = IDLE_CHUNK_SIZE     # large chunks: the memory is the point here, not the parsing (item 7's)
-        sock.sendall(encode_message(2, rtmp.MSG_SET_CHUNK_SIZE, 0, 0, struct.pack(">I", chunk),
-                                    session.writer.chunk_size))
-        length = max(1, partial_bytes // chunk) * chunk     # whole chunks: the last one is left out
-        for m in range(messages):
-            whole = encode_message(4 + m, rtmp.MSG_COMMAND_AMF0, 0, 0, b"\x02" * length, chunk)
-            sock.sendall(whole[:len(whole) - (chunk + 1)])
+        # Large chunks for large partials (the memory is the point here, not the parsing: item 7's), small ones
+        # for partials within the server's pre-identify caps (rtmp.MAX_PARTIAL_UNPUBLISHED, 32 KiB).
+        chunk = IDLE_CHUNK_SIZE if partial_bytes >= IDLE_CHUNK_SIZE else 4096
+        length = max(2, partial_bytes // chunk) * chunk     # whole chunks: the last one is left out
+        try:
+            sock.sendall(encode_message(2, rtmp.MSG_SET_CHUNK_SIZE, 0, 0, struct.pack(">I", chunk),
+                                        session.writer.chunk_size))
+            for m in range(messages):
+                whole = encode_message(4 + m, rtmp.MSG_COMMAND_AMF0, 0, 0, b"\x02" * length, chunk)
+                sock.sendall(whole[:len(whole) - (chunk + 1)])
+        except OSError:
+            # The server refused it (issue 10 items 3 and 4: a client that has not published may hold only a few
+            # KiB): that is the bound working, not a failure of this client.
+            emit("idle", now(), i, "refused")
+            sock.close()
+            continue
         emit("idle", now(), i, "ready")
         idlers.append(sock)
     emit("ready", now())
