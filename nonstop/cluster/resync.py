@@ -96,7 +96,7 @@ class Resync:
         packet = next_frame(source, self.cursor)
         if packet is None:
             # Past the end of what we have: continue the timeline from the last message we skipped.
-            source.jitter.last_in = self.last_in
+            source.continue_input_timeline(self.last_in)
             self.mode = IDLE
             return PASS
         if packet.type_id == type_id and packet.payload == payload:
@@ -153,20 +153,13 @@ def next_frame(source, seq: int):
 
 
 def discontinuity(source) -> None:
-    """What comes next does not continue the log: drop the GOP (a player joining now must not start on
-    stale frames) and restart the input timeline (time_jitter carries the output on, +10 ms)."""
-    source.gop_start_seq = 0
-    source.gop_frames = 0
-    source.gop_bytes = 0
-    source.jitter.on_new_publisher()
+    """What comes next does not continue the log (Source.discontinuity)."""
+    source.discontinuity()
 
 
 def forget_stream(source) -> None:
-    """Drop the stream's header state and GOP, as an unpublish does, without telling the players: the next
-    publisher (a local one replacing an edge pull) brings its own."""
-    source.metadata = source.video_sh = source.audio_sh = None
-    source.track_sh = {}
-    discontinuity(source)
+    """The stream's header state and GOP go, the players are not told (Source.forget_stream)."""
+    source.forget_stream()
 
 
 def same_metadata(source, payload: bytes) -> bool:

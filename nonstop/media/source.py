@@ -108,6 +108,39 @@ class Source:
     def can_publish(self) -> bool:
         return self.publisher is None
 
+    # ----- what others ask of the source (it owns these fields: one owner, no outside writers) -------------
+
+    def attach_publisher(self, publisher) -> None:
+        """A publisher that continues the stream as it is (a handed-over connection, an edge's upstream pull):
+        no new timeline, no notice to the players (on_publish is for a publisher that starts a stream)."""
+        self.publisher = publisher
+        self.idle_since = None
+
+    def release_publisher(self, publisher) -> None:
+        """`publisher` lets go without an unpublish (an edge pull replaced by a local publisher): the players are
+        not told, and the stream's header state and GOP go, since the next publisher brings its own."""
+        if self.publisher is publisher:
+            self.publisher = None
+            self.forget_stream()
+
+    def discontinuity(self) -> None:
+        """What comes next does not continue the log: drop the GOP (a player joining now must not start on stale
+        frames) and restart the input timeline (time_jitter carries the output on, +10 ms)."""
+        self.gop_start_seq = 0
+        self.gop_frames = 0
+        self.gop_bytes = 0
+        self.jitter.on_new_publisher()
+
+    def forget_stream(self) -> None:
+        """Drop the stream's header state and GOP, as an unpublish does, without telling the players."""
+        self.metadata = self.video_sh = self.audio_sh = None
+        self.track_sh = {}
+        self.discontinuity()
+
+    def continue_input_timeline(self, last_in: int) -> None:
+        """The next message continues the input timeline from `last_in` (an edge's resync after skipping)."""
+        self.jitter.last_in = last_in
+
     def on_publish(self, publisher, now: float) -> None:
         self.publisher = publisher
         self.idle_since = None

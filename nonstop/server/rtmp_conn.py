@@ -549,8 +549,7 @@ class RtmpConnection(asyncio.Protocol):
             self.close("stream busy: it has another publisher on the new worker")
             return
         if self.role == ROLE_PUBLISH:
-            source.publisher = self
-            source.idle_since = None
+            source.attach_publisher(self)
         elif self.role == ROLE_PLAY:
             self.consumer = Consumer(source, snap["consumer"]["fmt"], self)
             self.consumer.restore_counters(snap["consumer"])
