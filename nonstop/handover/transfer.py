@@ -89,6 +89,8 @@ class HandoverStats:
         # The receiver: the sender's running totals, for worker.carried_totals; batches it refused.
         self.carried: dict | None = None
         self.refused = 0
+        # The receiver: connections that moved but could not be resumed here, reset (see _commit).
+        self.lost = 0
         # The sender: why the link broke (the receiver is gone), or "" if it did not.
         self.broken = ""
 
@@ -473,7 +475,9 @@ async def take_over_on(worker, sock: socket.socket, *, step=None) -> HandoverSta
     finally:
         receiver.drop_staged()
         sock.close()
-    log.trace("handover", f"took over {receiver.stats.handed_over} connections")
+    log.trace("handover", f"took over {receiver.stats.handed_over} connections"
+                          + (f", {receiver.stats.lost} of them reset: they could not be resumed" if receiver.stats.lost
+                             else ""))
     return receiver.stats
 
 
@@ -578,10 +582,32 @@ class _Receiver:
                 rejoin = existing
         if source is not None and rejoin is None:
             registry.pin(source)        # before adopting: an early player may hang up as it moves over
-            self.worker.adopt_source(source)
+            try:
+                self.worker.adopt_source(source)
+            except Exception as e:      # nothing resumed yet: the batch can still be refused whole (I3)
+                log.error("handover", f"cannot adopt the source {source.key}: {e!r}; refusing its batch")
+                registry.unpin(source)
+                registry.remove(source)
+                for conn in connected:
+                    conn.abandon_takeover()
+                self.stats.refused += 1
+                return False
         attached = False
         for conn in connected:
-            conn.resume_takeover(rejoin)
+            # Past the point of no return (I3): some of the batch may already read here, so the batch is
+            # acknowledged whatever happens next. A connection that cannot be resumed (a bug, or code changed
+            # on disk under the new worker) is reset here, alone, with a log line: a lost client, never a
+            # socket read by two processes.
+            try:
+                conn.resume_takeover(rejoin)
+            except Exception as e:
+                log.error("handover", f"cannot resume {conn.cid} after its handover: {e!r}; resetting it")
+                self.stats.lost += 1
+                try:
+                    conn.close(f"cannot resume after the handover: {e!r}", abort=True)
+                except Exception:
+                    conn.transport.abort()
+                continue
             if conn.cid == publisher_cid and not conn.closed:
                 attached = True
         self.stats.handed_over += len(connected)

@@ -186,6 +186,32 @@ def test_a_batch_is_all_or_nothing_when_one_connection_cannot_be_restored(monkey
     run(main())
 
 
+def test_a_connection_that_cannot_resume_at_commit_is_reset_alone_never_read_by_two_workers(monkeypatch):
+    """Past the commit's point of no return some of the batch may already be read by the new worker: a failure
+    of one connection's resume (seen when code changed on disk under a starting worker) must not refuse the
+    batch, or the sender resumes sockets the receiver reads too. The failing one is reset alone."""
+    async def main():
+        old, new = await two_workers()
+        publisher, viewers = await stream_on(old)
+        bad = old.conn_of(viewers[0].port).cid
+        resume = RtmpConnection.resume_takeover
+
+        def failing_resume(self, rejoin=None):
+            if self.cid == bad:
+                raise AttributeError("a build skew")
+            return resume(self, rejoin)
+        monkeypatch.setattr(RtmpConnection, "resume_takeover", failing_resume)
+        sent, received = await Handover(old, new).finish()
+        assert received.lost == 1
+        await asyncio.sleep(0.05)
+        assert served_by(viewers[0], old, new) == []      # reset: served by no one, never by both
+        for c in [publisher, viewers[1]]:
+            assert served_by(c, old, new) == [1] and c.live
+        await media_flows(publisher, [viewers[1]])
+        await close_all(old, new)
+    run(main())
+
+
 async def idle_client(port: int, partial: int) -> socket.socket:
     """A client that connects, then leaves one message `partial` bytes into a larger one (held by the
     server's chunk decoder, so it is in the connection's snapshot)."""
