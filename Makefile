@@ -10,7 +10,7 @@ TEST_STAMP := $(VENV)/.installed-test
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-long test-deps test-kustomize-v2 clean
+.PHONY: install run test test-long test-deps test-kustomize-v2 clean console-vendor
 
 install: $(STAMP)
 
@@ -30,8 +30,11 @@ $(TEST_STAMP): $(STAMP) pyproject.toml
 
 # Debian packages the end-to-end tests drive: ffmpeg/ffprobe as clients, nginx-rtmp as a peer server; for the
 # Kubernetes tests, kubectl (its `kustomize`; Debian's kubernetes-client only when no kubectl is installed) and
-# haproxy, which plays the Service in the rollout simulation.
-DEB_TEST_PACKAGES := ffmpeg nginx libnginx-mod-rtmp kubernetes-client haproxy
+# haproxy, which plays the Service in the rollout simulation; GStreamer (gst-launch-1.0 with rtmpsrc from
+# plugins-bad, flvdemux from plugins-good) as a third-party RTMP client; chromium, headless, for the console and
+# player tests (driven over the DevTools protocol by tests/browser.py: no browser download).
+GST_PACKAGES := gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
+DEB_TEST_PACKAGES := ffmpeg nginx libnginx-mod-rtmp kubernetes-client haproxy chromium $(GST_PACKAGES)
 
 # The HLS tests play with hls.js in headless Chromium (and GStreamer's hlsdemux): hls.js comes from npm into build/.
 HLSJS_VERSION := 1.7.4
@@ -44,10 +47,10 @@ test-deps: $(TEST_STAMP)
 	test -f /usr/lib/nginx/modules/ngx_rtmp_module.so || missing="$$missing libnginx-mod-rtmp"; \
 	command -v kubectl >/dev/null || missing="$$missing kubernetes-client"; \
 	command -v haproxy >/dev/null || test -x /usr/sbin/haproxy || missing="$$missing haproxy"; \
+	command -v gst-launch-1.0 >/dev/null || missing="$$missing $(GST_PACKAGES)"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
-	command -v npm >/dev/null || missing="$$missing npm"; \
-	command -v gst-launch-1.0 >/dev/null || missing="$$missing gstreamer1.0-tools"; \
 	gst-inspect-1.0 hlsdemux >/dev/null 2>&1 || missing="$$missing gstreamer1.0-plugins-bad gstreamer1.0-plugins-good"; \
+	command -v npm >/dev/null || missing="$$missing npm"; \
 	if [ -n "$$missing" ]; then apt-get update -q && $(APT_INSTALL) $$missing; fi
 	@test -f $(HLSJS) || npm install --no-save --no-audit --no-fund --prefix build/npm hls.js@$(HLSJS_VERSION)
 
@@ -70,3 +73,20 @@ test-long: test-deps
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+
+# The player's libraries, shipped built inside the package (nonstop/console/vendor/, committed; no CDN at run
+# time). This refreshes them from npm at the pinned versions; bump a version here, run it, commit the result.
+MPEGTS_JS_VERSION := 1.8.2
+HLS_JS_VERSION := 1.7.4
+CONSOLE_VENDOR := nonstop/console/vendor
+console-vendor:
+	@tmp=$$(mktemp -d) && cd $$tmp && npm pack -q mpegts.js@$(MPEGTS_JS_VERSION) hls.js@$(HLS_JS_VERSION) >/dev/null && \
+	mkdir m h && tar xzf mpegts.js-$(MPEGTS_JS_VERSION).tgz -C m && tar xzf hls.js-$(HLS_JS_VERSION).tgz -C h && \
+	cd $(CURDIR) && mkdir -p $(CONSOLE_VENDOR) && \
+	cp $$tmp/m/package/dist/mpegts.js $(CONSOLE_VENDOR)/mpegts.js && \
+	cp $$tmp/m/package/LICENSE $(CONSOLE_VENDOR)/LICENSE.mpegts.js && \
+	cp $$tmp/m/package/dist/mpegts.js.LICENSE.txt $(CONSOLE_VENDOR)/mpegts.js.LICENSE.txt && \
+	cp $$tmp/h/package/dist/hls.light.min.js $(CONSOLE_VENDOR)/hls.light.min.js && \
+	cp $$tmp/h/package/LICENSE $(CONSOLE_VENDOR)/LICENSE.hls.js && \
+	printf 'mpegts.js %s (dist/mpegts.js)\nhls.js %s (dist/hls.light.min.js)\n' $(MPEGTS_JS_VERSION) $(HLS_JS_VERSION) \
+		> $(CONSOLE_VENDOR)/VERSIONS && rm -rf $$tmp && echo "refreshed $(CONSOLE_VENDOR)"

@@ -21,6 +21,7 @@ EXIT_NO_PROCESS = 5
 USAGE = """\
 usage: nonstop [-h] [-v] [-g] [-t] [-c FILE] [-s SIGNAL]
        nonstop bench ...
+       nonstop sign [-c FILE] [--publish | --play] [--expires-in SECONDS] [--ip IP] URL
 
 A live-streaming server (RTMP, HTTP-FLV) whose operation never interrupts a viewer.
 
@@ -95,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "bench":
         from nonstop.bench.cli import main as bench_main
         return bench_main(argv[1:])
+    if argv and argv[0] == "sign":
+        from nonstop.access.sign_cli import main as sign_main
+        return sign_main(argv[1:])
     try:
         args, extra = _parser().parse_known_args(argv)
         if extra:

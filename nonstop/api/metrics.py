@@ -10,7 +10,7 @@ service's totals by setting it to what the old worker had counted for what did n
 
 Names are prefixed `nonstop_`, and SRS's exporter names (srs-reference.md §6) exist with that prefix:
 `nonstop_streams`, `nonstop_clients`, `nonstop_clients_total`, `nonstop_send_bytes_total`,
-`nonstop_receive_bytes_total`, `nonstop_cpu_percent`, `nonstop_memory`.
+`nonstop_receive_bytes_total`, `nonstop_cpu_percent`, `nonstop_memory`. `nonstop_stream_codecs` is ours.
 """
 
 from __future__ import annotations
@@ -63,6 +63,18 @@ class NonstopCollector(Collector):
                                 value=sum(1 for s in sources if s.publisher is not None))
         yield GaugeMetricFamily("nonstop_sources", "Sources in memory: live, waiting for a publisher, or idle "
                                                    "until freed.", value=len(worker.registry.sources))
+        codecs = GaugeMetricFamily("nonstop_stream_codecs", "Streams with a publisher now, by media and codec "
+                                   "as the API names it (H264, HEVC, AV1, VP9, AAC, Opus, ...).",
+                                   labels=["media", "codec"])
+        by_codec: dict[tuple[str, str], int] = {}
+        for s in sources:
+            if s.publisher is not None:
+                for media, codec in (("video", s.info.video_codec), ("audio", s.info.audio_codec)):
+                    if codec:
+                        by_codec[(media, codec)] = by_codec.get((media, codec), 0) + 1
+        for (media, codec), n in sorted(by_codec.items()):
+            codecs.add_metric([media, codec], n)
+        yield codecs
         by_type = dict.fromkeys(CLIENT_TYPES, 0)
         for conn in client_objects(worker):
             ctype = client_type(conn)

@@ -34,18 +34,18 @@ from aiohttp import web
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
 from nonstop import __version__
-from nonstop.api import procstat, views
+from nonstop.api import disk, procstat, views
+from nonstop.api.conns import KEEPALIVE_TIMEOUT_S, ApiConnections, aiohttp_logger
 from nonstop.api.metrics import is_ready, make_registry, worker_totals
+from nonstop.api.nonstop import add_nonstop_routes
 from nonstop.api.stats import SAMPLE_STEP_S, ApiStats, client_type
 from nonstop.cluster.answer import add_clusters_routes
-from nonstop.log import log
+from nonstop.log import log, quote
 from nonstop.master.sockets import HTTP as LISTENER_HTTP
 from nonstop.master.sockets import LISTEN_BACKLOG, api_shares_http
 
 # The stats tick: CPU meters every tick, the clients' kbps samples and stream totals every SAMPLE_STEP_S.
 TICK_S = 1.0
-# aiohttp keeps an idle keep-alive connection 3630 s by default (longer than any proxy); nginx keeps 75 s.
-KEEPALIVE_TIMEOUT_S = 75.0
 # A fast quit exits within 1 s: requests in flight get half of it (API answers take milliseconds).
 SHUTDOWN_TIMEOUT_S = 0.5
 # No API request has a body worth more than this (DELETE has none).
@@ -56,7 +56,8 @@ AUTH_REALM = 'Basic realm="nonstop"'
 # SRS's CORS mux answers with these when the request has an Origin.
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
-    "Access-Control-Allow-Headers": "*",
+    # `*` does not cover Authorization (Fetch standard): the console on the HTTP port sends it cross-origin.
+    "Access-Control-Allow-Headers": "*, Authorization",
     "Access-Control-Allow-Methods": "*",
     "Access-Control-Expose-Headers": "*",
     "Access-Control-Allow-Credentials": "false",
@@ -68,7 +69,19 @@ V1_URLS = {
     "vhosts": "all vhosts or one vhost",
     "streams": "all streams or one stream, ?start=&count= (default 10)",
     "clients": "all clients or one client, ?start=&count= (default 10); DELETE kicks one",
+    "raw": "the raw API (config over HTTP): disabled in nonstop, ?rpc=raw says so",
+    "clusters": "the origin cluster's question: does this origin publish ?vhost=&app=&stream=",
+    "nonstop": "nonstop's own: summary (the console's one poll), workers, upgrades; POST reload, upgrade",
 }
+
+
+def jsonp_method(request: web.Request) -> str:
+    """The method a JSONP request stands for: SRS takes `?method=` (GET, PUT, POST, DELETE) when `callback`
+    is there, because a <script> tag can only GET. The auth middleware has already run for the request, so
+    a JSONP DELETE passes the same checks as a real one."""
+    if not request.query.get("callback"):
+        return request.method
+    return request.query.get("method", "").upper() or request.method
 
 
 def is_api_path(path: str) -> bool:
@@ -121,10 +134,14 @@ class ApiServer:
         self.stats = stats_of(worker)
         self.processes = procstat.ProcessWatch(master_pid_of(worker))
         self.system_cpu = procstat.SystemCpuMeter()
+        self.disk = disk.DiskRates()
         self.registry = make_registry(worker, self.processes)
         self.app = self._make_app()
         self.runner: web.AppRunner | None = None
-        self._sites: dict[int, web.SockSite] = {}
+        # Every API connection goes through self.conns (api/conns.py: counted, bounded in number and time);
+        # so the listeners are served with its protocol factory rather than aiohttp's SockSite.
+        self.conns = ApiConnections(worker)
+        self._sites: dict[int, asyncio.AbstractServer] = {}
         self._own_ports: set[int] = set()      # the ports of our own listeners; others' are adopted connections
         self._tick_task: asyncio.Task | None = None
         self._next_stats = 0.0
@@ -134,7 +151,7 @@ class ApiServer:
     async def start(self, sockets) -> None:
         """Serve on these already-bound listening sockets (none when the API shares the HTTP server port)."""
         if self.runner is None:
-            self.runner = web.AppRunner(self.app, handle_signals=False, access_log=None,
+            self.runner = web.AppRunner(self.app, handle_signals=False, access_log=None, logger=aiohttp_logger(),
                                         keepalive_timeout=KEEPALIVE_TIMEOUT_S, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
             await self.runner.setup()
         await self.set_sockets(sockets)
@@ -148,13 +165,12 @@ class ApiServer:
         wanted = {sock.fileno(): sock for sock in sockets}
         for fd, site in list(self._sites.items()):
             if fd not in wanted:
-                await site.stop()
+                site.close()
                 del self._sites[fd]
+        loop = asyncio.get_running_loop()
         for fd, sock in wanted.items():
             if fd not in self._sites:
-                site = web.SockSite(self.runner, sock, backlog=LISTEN_BACKLOG)
-                await site.start()
-                self._sites[fd] = site
+                self._sites[fd] = await loop.create_server(self._new_connection, sock=sock, backlog=LISTEN_BACKLOG)
         self._own_ports = {sock.getsockname()[1] for sock in wanted.values()}
 
     def apply_config(self) -> None:
@@ -171,15 +187,18 @@ class ApiServer:
         The already-read bytes go to a fresh aiohttp request handler and the transport switches to it. Its
         responses close the connection: a following request on it could be for HTTP-FLV, which only the HTTP
         server's own connections serve."""
-        server = self.runner.server if self.runner is not None else None
-        if server is None or transport.is_closing():
+        if self.runner is None or self.runner.server is None or transport.is_closing():
             transport.close()
             return
-        handler = server()
-        transport.set_protocol(handler)
-        handler.connection_made(transport)
-        if data:
-            handler.data_received(data)
+        conn = self._new_connection()
+        transport.set_protocol(conn)
+        conn.connection_made(transport)
+        if data and conn.admitted:
+            conn.data_received(data)
+
+    def _new_connection(self):
+        """A protocol for one API connection: aiohttp's request handler, inside the connection's bounds."""
+        return self.conns.wrap(self.runner.server())
 
     async def stop(self) -> None:
         if self._tick_task is not None:
@@ -189,6 +208,8 @@ class ApiServer:
             self.worker.set_api_app(LISTENER_HTTP, None)
         if self.runner is not None:
             runner, self.runner = self.runner, None
+            for site in self._sites.values():
+                site.close()
             self._sites.clear()
             await runner.cleanup()
 
@@ -203,6 +224,7 @@ class ApiServer:
                 log.error("api", f"api tick failed: {e!r}")
 
     def tick(self, now: float) -> None:
+        self.conns.sweep(now)      # first: a failing stats sample must not spare a slowloris connection
         self.processes.master_pid = master_pid_of(self.worker)
         if now >= self._next_stats:
             self._next_stats = now + SAMPLE_STEP_S - TICK_S / 2
@@ -213,7 +235,7 @@ class ApiServer:
     # ----- the application ---------------------------------------------------------------------------------
 
     def _make_app(self) -> web.Application:
-        app = web.Application(middlewares=[self._cors_middleware, self._auth_middleware],
+        app = web.Application(middlewares=[self._conn_middleware, self._cors_middleware, self._auth_middleware],
                               client_max_size=MAX_BODY_BYTES)
         add = app.router
         for path in ("/api", "/api/"):
@@ -231,11 +253,23 @@ class ApiServer:
                 add.add_get(path, one)
         for path in ("/api/v1/clients/{id}", "/api/v1/clients/{id}/"):
             add.add_delete(path, self.kick_client)
+        for path in ("/api/v1/raw", "/api/v1/raw/"):
+            add.add_get(path, self.raw)
         add.add_get("/metrics", self.metrics)
         add.add_get("/healthz", self.healthz)
         add.add_get("/readyz", self.readyz)
         add_clusters_routes(app, self.worker)   # /api/v1/clusters, GET and POST (nonstop/cluster/answer.py)
+        add_nonstop_routes(app, self)           # /api/v1/nonstop/*: the console's summary, workers, upgrades
         return app
+
+    @web.middleware
+    async def _conn_middleware(self, request: web.Request, handler) -> web.StreamResponse:
+        """Tell the connection's bounds (api/conns.py) when a request starts and when its answer is ready."""
+        self.conns.request_started(request.transport, time.monotonic())
+        try:
+            return await handler(request)
+        finally:
+            self.conns.request_done(request.transport, time.monotonic())
 
     @web.middleware
     async def _cors_middleware(self, request: web.Request, handler) -> web.StreamResponse:
@@ -248,7 +282,7 @@ class ApiServer:
             except web.HTTPException as e:
                 response = web.Response(status=e.status, reason=e.reason, text=e.text, headers=e.headers)
             except Exception as e:
-                log.error("api", f"{request.method} {request.path} failed: {e!r}")
+                log.error("api", f"{quote(request.method)} {quote(request.path)} failed: {e!r}")
                 response = web.Response(status=500, text="500 Internal Server Error\n")
         if crossdomain and request.headers.get("Origin"):
             response.headers.update(CORS_HEADERS)
@@ -267,7 +301,7 @@ class ApiServer:
         auth = self.worker.config.http_api.auth
         if auth.enabled and is_api_path(request.path) and \
                 not basic_auth_ok(request.headers.get("Authorization", ""), auth.username, auth.password):
-            log.warn("api", f"{request.remote} {request.method} {request.path}: unauthorized")
+            log.warn("api", f"{request.remote} {quote(request.method)} {quote(request.path)}: unauthorized")
             return web.Response(status=401, text="401 Unauthorized\n", headers={"WWW-Authenticate": AUTH_REALM})
         return await handler(request)
 
@@ -327,6 +361,8 @@ class ApiServer:
         return self.reply(request, views.envelope(self.ident(), clients=items))
 
     async def client(self, request: web.Request) -> web.Response:
+        if jsonp_method(request) == "DELETE":
+            return await self.kick_client(request)      # the SRS console's kick
         conn = self.stats.find_client(request.match_info["id"])
         if conn is None:
             return self.reply(request, views.error(views.ERROR_RTMP_CLIENT_NOT_FOUND))
@@ -338,6 +374,11 @@ class ApiServer:
             return self.reply(request, views.error(views.ERROR_RTMP_CLIENT_NOT_FOUND))
         conn.kick(f"kicked by the HTTP API (request from {request.remote})")
         return self.reply(request, views.envelope(self.ident()))
+
+    async def raw(self, request: web.Request) -> web.Response:
+        api = self.worker.config.http_api
+        return self.reply(request, views.raw_json(api_enabled=api.enabled, api_listen=str(api.listen),
+                                                  crossdomain=api.crossdomain, rpc=request.query.get("rpc", "")))
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
@@ -400,6 +441,7 @@ class ApiServer:
         now_ms = int(time.time() * 1000)
         system = {
             "cpu_percent": round(self.system_cpu.fraction, 4),
+            **self.disk.sample(time.monotonic()),
             "mem_ram_kbyte": mem_total_kb,
             "mem_ram_percent": round(1 - meminfo.get("MemAvailable", 0) / mem_total_kb, 4) if mem_total_kb else 0,
             "mem_swap_kbyte": swap_total,

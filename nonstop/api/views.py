@@ -19,6 +19,7 @@ ERROR_SUCCESS = 0
 ERROR_RTMP_VHOST_NOT_FOUND = 2014
 ERROR_RTMP_STREAM_NOT_FOUND = 2048
 ERROR_RTMP_CLIENT_NOT_FOUND = 2049
+ERROR_SYSTEM_CONFIG_RAW_DISABLED = 1061     # SRS: "RAW API is disabled"
 # SRS answers `?count=` below 10 with 10 anyway (`srs_max(10, count)`); we honour any positive count, and
 # keep SRS's 10 when it is missing or not a positive number.
 DEFAULT_COUNT = 10
@@ -180,3 +181,15 @@ def client_json(conn, ctype: str, *, server_id: str, now_wall: float, kbps: dict
         "publish": ctype.endswith("-publish"), "alive": round(max(0.0, now_wall - conn.created_wall), 2),
         "send_bytes": conn.send_bytes, "recv_bytes": conn.recv_bytes, "kbps": dict(kbps),
     }
+
+
+def raw_json(*, api_enabled: bool, api_listen: str, crossdomain: bool, rpc: str) -> dict:
+    """`/api/v1/raw?rpc=...`: nonstop has no raw API (config over HTTP). `rpc=raw` describes it as SRS does,
+    disabled (SrsConfig::raw_to_json), which is what the SRS console's config pages read; every other rpc gets
+    SRS's code for a disabled raw API."""
+    if rpc != "raw":
+        return error(ERROR_SYSTEM_CONFIG_RAW_DISABLED)
+    return {"code": ERROR_SUCCESS,
+            "http_api": {"enabled": api_enabled, "listen": api_listen, "crossdomain": crossdomain,
+                         "raw_api": {"enabled": False, "allow_reload": False, "allow_query": False,
+                                     "allow_update": False}}}

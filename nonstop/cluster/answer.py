@@ -108,7 +108,12 @@ def build_clusters_answer(worker, params, local_ip: str = "") -> dict:
             if http:
                 origin["http"] = http
     return {"code": 0, "data": {"query": query, "origin": origin},
-            "server": worker.server_id, "service": worker.service_id, "pid": str(os.getpid())}
+            "server": worker.server_id, "service": worker.service_id, "pid": str(service_pid(worker))}
+
+
+def service_pid(worker) -> int:
+    """The pid every API answer names: the master's (it never changes across upgrades), else our own."""
+    return getattr(worker, "master_pid", None) or os.getpid()
 
 
 def dumps(answer: dict) -> str:

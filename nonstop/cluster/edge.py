@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 
 from nonstop.cluster.link import UpstreamLink
-from nonstop.cluster.resync import IDLE, PASS, WALK, Resync, forget_stream
+from nonstop.cluster.resync import IDLE, PASS, WALK, Resync
 from nonstop.cluster.upstream import OUT_FAILED, PULL, PUSH, UpstreamConnection
 from nonstop.log import log
 from nonstop.media.consumer import Consumer
@@ -55,8 +55,7 @@ class EdgeIngester(UpstreamLink):
 
     def start(self, now: float) -> None:
         source = self.source
-        source.publisher = self
-        source.idle_since = None
+        source.attach_publisher(self)
         self.state = EDGE_PLAY
         log.trace(self.cid, f"edge pull {self.key} from {', '.join(o.address for o in self.pool.origins)}"
                             + (f", query={self.query}" if self.query else ""))
@@ -98,8 +97,7 @@ class EdgeIngester(UpstreamLink):
             if unpublish:
                 self.source.on_unpublish(now)
             else:
-                self.source.publisher = None
-                forget_stream(self.source)
+                self.source.release_publisher(self)
 
     def snapshot(self) -> dict:
         snap = super().snapshot()

@@ -61,10 +61,10 @@ class Resync:
     def _admit(self, source, type_id: int, timestamp: int, payload: bytes) -> bool:
         if type_id == MSG_DATA_AMF0:
             return SKIP if self.mode != GATE and same_metadata(source, payload) else PASS
-        if type_id == MSG_VIDEO and flv.is_video_sequence_header(payload):
-            return self._header(source, source.video_sh, payload)
-        if type_id == MSG_AUDIO and flv.is_audio_sequence_header(payload):
-            return self._header(source, source.audio_sh, payload)
+        if type_id == MSG_VIDEO and flv.is_video_sequence_header(payload) or \
+                type_id == MSG_AUDIO and flv.is_audio_sequence_header(payload):
+            # Compared with the cached header of the same tracks (E-RTMP multitrack keeps one per track).
+            return self._header(source, source.cached_header(type_id, payload), payload)
         keyframe = type_id == MSG_VIDEO and flv.is_video_keyframe(payload)
         if self.mode == GATE:
             if keyframe:
@@ -96,7 +96,7 @@ class Resync:
         packet = next_frame(source, self.cursor)
         if packet is None:
             # Past the end of what we have: continue the timeline from the last message we skipped.
-            source.jitter.last_in = self.last_in
+            source.continue_input_timeline(self.last_in)
             self.mode = IDLE
             return PASS
         if packet.type_id == type_id and packet.payload == payload:
@@ -153,18 +153,13 @@ def next_frame(source, seq: int):
 
 
 def discontinuity(source) -> None:
-    """What comes next does not continue the log: drop the GOP (a player joining now must not start on
-    stale frames) and restart the input timeline (time_jitter carries the output on, +10 ms)."""
-    source.gop_start_seq = 0
-    source.gop_frames = 0
-    source.jitter.on_new_publisher()
+    """What comes next does not continue the log (Source.discontinuity)."""
+    source.discontinuity()
 
 
 def forget_stream(source) -> None:
-    """Drop the stream's header state and GOP, as an unpublish does, without telling the players: the next
-    publisher (a local one replacing an edge pull) brings its own."""
-    source.metadata = source.video_sh = source.audio_sh = None
-    discontinuity(source)
+    """The stream's header state and GOP go, the players are not told (Source.forget_stream)."""
+    source.forget_stream()
 
 
 def same_metadata(source, payload: bytes) -> bool:

@@ -17,13 +17,11 @@ from nonstop.config.lexer import Directive
 from nonstop.config.schema import (
     DEFAULT_RTMP_PORT, DEFAULT_VHOST, ROOT, VHOST, Block, Config, Leaf, Vhost,
 )
+from nonstop.config import access
 from nonstop.config.srs_directives import (
-    LEGACY_REFER, LEGACY_ROOT_RENAMES, LEGACY_VHOST_MOVES, REFER_RULES, RTMP_BLOCK, RTMP_BLOCK_DIRECTIVES,
-    SECURITY_BLOCKS, UNSUPPORTED, display,
+    LEGACY_ROOT_RENAMES, LEGACY_VHOST_MOVES, RTMP_BLOCK, RTMP_BLOCK_DIRECTIVES, UNSUPPORTED, display,
 )
-from nonstop.config.values import Endpoint, on_off
-
-_ENABLED = Leaf("enabled", on_off)
+from nonstop.config.values import Endpoint
 
 
 def _warn(warnings: list[str], d: Directive, message: str) -> None:
@@ -108,9 +106,11 @@ class _Builder:
         seen: dict[str, Directive] = {}
         for d in directives:
             shown = display(section, d.name)
-            if section == "vhost" and (d.name in SECURITY_BLOCKS or d.name in LEGACY_REFER):
-                self.security(d)
+            if section == "vhost" and (d.name in access.ACCESS_BLOCKS or d.name in access.LEGACY_REFER):
+                self.access(obj, d, seen)
                 continue
+            if section == "vhost" and d.name == "forward" and d.block is not None:
+                self.forward(d)
             child = spec.children.get(d.name)
             if child is None:
                 if d.name in UNSUPPORTED.get(section, ()):
@@ -171,22 +171,27 @@ class _Builder:
         self.fill(vhost, VHOST, d.block, "vhost", config)
         config.vhosts[name] = vhost
 
-    def security(self, d: Directive) -> None:
-        """Access control nonstop lacks: refuse it when it is on, warn when it is off."""
-        dropping = SECURITY_BLOCKS.get(d.name, SECURITY_BLOCKS["refer"])
-        refusal = f"but nonstop does not support it yet; refusing to start rather than silently dropping {dropping}"
-        if d.name in LEGACY_REFER or (d.name == "refer" and d.block is None):
-            # SRS 1/2 rules: SRS 7 turns them into `refer { enabled on; ... }`.
-            raise ConfigError(d.file, d.line, f"'{d.name}' sets referer rules, {refusal}")
-        if d.block is None:
-            raise ConfigError(d.file, d.line, f"'{d.name}' needs a block: {d.name} {{ ... }}")
-        # Every `enabled` counts, not only the first: a later `enabled on` must not slip through.
+    def access(self, vhost: Vhost, d: Directive, seen: dict[str, Directive]) -> None:
+        """The access control blocks (config/access.py). A repeated block keeps the first, as SRS's get()
+        does; SRS 1/2's referer directives add to the one refer block, as SRS 7's transform does."""
+        if d.name == "refer" or d.name in access.LEGACY_REFER:
+            access.refer(d, vhost.refer)
+            return
+        if d.name in seen:
+            self.repeated(d, seen[d.name], d.name)
+            return
+        seen[d.name] = d
+        parse = {"http_hooks": access.http_hooks, "security": access.security, "signed_url": access.signed_url}
+        setattr(vhost, d.name, parse[d.name](d))
+
+    def forward(self, d: Directive) -> None:
+        """SRS's on_forward hook is `forward { backend URL; }`: nonstop lacks it, and skipping it with the rest
+        of `forward` would drop a callback its owner relies on, so it is refused, loudly."""
         for child in d.block:
-            if child.name == "enabled" and self.value(child, _ENABLED, f"{d.name}.enabled"):
-                raise ConfigError(child.file, child.line, f"'{d.name}' is enabled, {refusal}")
-            if d.name == "refer" and child.name in REFER_RULES:
-                raise ConfigError(child.file, child.line, f"'refer' has '{child.name}' rules, {refusal}")
-        _warn(self.warnings, d, f"'{d.name}' is an SRS directive nonstop does not support; ignored (it is off)")
+            if child.name == "backend":
+                raise ConfigError(child.file, child.line,
+                                  "'forward.backend' (SRS's on_forward hook) is not supported by nonstop; "
+                                  "refusing to start rather than silently never calling it")
 
     # ---- checks across directives ----
 

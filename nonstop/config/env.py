@@ -23,7 +23,7 @@ from typing import Mapping
 
 from nonstop.config.errors import ConfigError
 from nonstop.config.lexer import CONTROL_CHARACTER, Directive
-from nonstop.config.schema import leaf_paths
+from nonstop.config.schema import HOOK_EVENTS, HOOK_EVENTS_RESERVED, leaf_paths
 from nonstop.config.srs_directives import SECURITY_BLOCKS, UNSUPPORTED
 
 PREFIXES = ("NONSTOP_", "SRS_")     # in order of precedence
@@ -38,9 +38,10 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "chunk_size": ("rtmp.chunk_size",),
 }
 
-# Access control nonstop lacks: turning it on from the environment must be refused like in a file
-# (SRS_VHOST_HTTP_HOOKS_ENABLED=on), so these paths are known too; the builder then refuses them.
-SECURITY_PATHS = tuple(f"vhost.{name}.enabled" for name in SECURITY_BLOCKS)
+# Access control, read outside the directive table (config/access.py): SRS reads these from the environment
+# too (SRS_VHOST_HTTP_HOOKS_ENABLED=on, SRS_VHOST_HTTP_HOOKS_ON_PUBLISH="http://a http://b").
+SECURITY_PATHS = tuple((f"vhost.{name}.enabled", False) for name in SECURITY_BLOCKS) + tuple(
+    (f"vhost.http_hooks.{event}", True) for event in (*HOOK_EVENTS, *HOOK_EVENTS_RESERVED))
 
 
 def env_suffix(path: str) -> str:
@@ -50,7 +51,7 @@ def env_suffix(path: str) -> str:
 
 def _table() -> list[tuple[str, bool, tuple[str, ...]]]:
     """(path, takes several values, env suffixes: canonical first) for every overridable directive."""
-    entries = [(path, leaf.multi) for path, leaf in leaf_paths()] + [(path, False) for path in SECURITY_PATHS]
+    entries = [(path, leaf.multi) for path, leaf in leaf_paths()] + list(SECURITY_PATHS)
     table = [(path, multi, tuple(env_suffix(p) for p in (path, *ALIASES.get(path, ()))))
              for path, multi in entries]
     names = [suffix for _, _, suffixes in table for suffix in suffixes]
@@ -67,7 +68,6 @@ def _unsupported_paths() -> list[tuple[str, str]]:
     """(env suffix, dotted path) of SRS directives nonstop lacks, longest first so the most precise wins."""
     paths = [f"{section}.{name}" if section else name
              for section, names in UNSUPPORTED.items() for name in names]
-    paths += [f"vhost.{name}" for name in SECURITY_BLOCKS]
     return sorted(((env_suffix(p), p) for p in paths), key=lambda item: -len(item[0]))
 
 

@@ -199,15 +199,31 @@ def _include(directive: Directive, reader: Reader | None, chain: tuple[str, ...]
         if reader is None:
             raise ConfigError(here, line, f"include: cannot read '{name}': this config was given as text, "
                                           "and only load() reads files")
-        target = os.path.join(os.path.dirname(here), name)
+        if len(chain) > MAX_INCLUDE_DEPTH:
+            raise ConfigError(here, line, f"includes nested deeper than {MAX_INCLUDE_DEPTH} levels")
+        target, data = _read_include(here, line, name, reader)
         identity = _identity(target)
         if identity in chain:
             raise ConfigError(here, line, f"include loop: '{target}' is already being read")
-        if len(chain) > MAX_INCLUDE_DEPTH:
-            raise ConfigError(here, line, f"includes nested deeper than {MAX_INCLUDE_DEPTH} levels")
-        try:
-            data = reader(target)
-        except OSError as e:
-            raise ConfigError(here, line, f"include: cannot read '{target}': {e.strerror or e}") from None
         spliced.extend(parse(decode(data, target), target, reader, chain + (identity,)))
     return spliced
+
+
+def _read_include(here: str, line: int, name: str, reader: Reader) -> tuple[str, bytes]:
+    """An include's file and bytes. A relative name is looked for next to the including file first, then
+    in the working directory, where SRS looks (its samples say `include ./conf/include.vhost.conf;` and are
+    run from SRS's folder). When neither is readable, the error names both places."""
+    beside = os.path.join(os.path.dirname(here), name)
+    places = [beside]
+    if not os.path.isabs(name) and _identity(name) != _identity(beside):
+        places.append(name)
+    failures = []
+    for target in places:
+        try:
+            return target, reader(target)
+        except OSError as e:
+            failures.append(f"'{target}' ({e.strerror or e})")
+    if len(failures) == 1:
+        raise ConfigError(here, line, f"include: cannot read {failures[0]}")
+    raise ConfigError(here, line, f"include: cannot read '{name}': not beside the including file, as "
+                                  f"{failures[0]}, nor in the working directory {os.getcwd()!r}, as {failures[1]}")

@@ -34,6 +34,10 @@ class HttpApi:
     listen: Endpoint = Endpoint("0.0.0.0", 1985)
     crossdomain: bool = True
     auth: ApiAuth = field(default_factory=ApiAuth)
+    # New: API connections are a pool of their own, apart from the media's max_connections (README: a full
+    # server still answers its probes, and API clients never take a viewer's place). Probes, a scraper and a
+    # few consoles need a handful; 64 fits in the fds the start-up check keeps beyond max_connections.
+    max_connections: int = 64
 
 
 @dataclass
@@ -48,12 +52,18 @@ class HttpServer:
 class HttpRemux:
     enabled: bool = False
     mount: str = "[vhost]/[app]/[stream].flv"
+    # New (SRS ends the response at unpublish): an HTTP-FLV player waits this long for a republish (a
+    # reconnecting OBS) and goes on with continuous timestamps; after it, the response ends. 0: end at once.
+    republish_window: int = 5000        # ms
 
 
 @dataclass
 class Play:
     gop_cache: bool = True
     gop_cache_max_frames: int = 2500
+    # New: SRS bounds the GOP cache in frames only, so 2500 frames of 256 KB pin 600 MB. Past this many bytes
+    # of messages since the keyframe, the cache is cleared as at the frame bound (README: Configuration).
+    gop_cache_max_bytes: int = 32 << 20
     queue_length: float = 30.0          # seconds
     time_jitter: str = "full"           # full | zero | off
     mw_latency: int = 350               # ms
@@ -81,6 +91,63 @@ class Cluster:
     linger: int = 3000                  # ms an edge keeps pulling after its last player left
     coworker_timeout: int = 1000        # ms per coworker query; SRS waits 30 s, users report slow starts
     advertise: str = ""                 # the host other nodes should use to reach this one ("" = guess)
+
+
+HOOK_EVENTS = ("on_connect", "on_close", "on_publish", "on_unpublish", "on_play", "on_stop")
+# Accepted and kept, for the features that will call them (HLS, DVR); nothing calls them yet.
+HOOK_EVENTS_RESERVED = ("on_dvr", "on_hls", "on_hls_notify")
+HOOK_TIMEOUT_MS = 3000      # new: SRS waits up to 30 s (SRS_HTTP_CLIENT_TIMEOUT), with the client held
+HOOK_MAX_INFLIGHT = 256     # new: SRS has no bound (a coroutine per client)
+
+
+@dataclass
+class HttpHooks:
+    """SRS's vhost http_hooks: each event holds its URLs, called in order (nonstop/access/hooks.py)."""
+    enabled: bool = False
+    on_connect: list[str] = field(default_factory=list)
+    on_close: list[str] = field(default_factory=list)
+    on_publish: list[str] = field(default_factory=list)
+    on_unpublish: list[str] = field(default_factory=list)
+    on_play: list[str] = field(default_factory=list)
+    on_stop: list[str] = field(default_factory=list)
+    on_dvr: list[str] = field(default_factory=list)
+    on_hls: list[str] = field(default_factory=list)
+    on_hls_notify: list[str] = field(default_factory=list)
+    timeout: int = HOOK_TIMEOUT_MS      # ms per URL, new
+    max_inflight: int = HOOK_MAX_INFLIGHT   # new: this vhost's hook calls in flight at once, per worker
+
+
+@dataclass(frozen=True)
+class SecurityRule:
+    allow: bool                 # allow or deny
+    action: str                 # publish | play
+    target: str                 # "all", an IP or a CIDR, as written
+
+
+@dataclass
+class Security:
+    """SRS's vhost security: allow/deny rules, in file order (nonstop/access/rules.py)."""
+    enabled: bool = False
+    rules: list[SecurityRule] = field(default_factory=list)
+
+
+@dataclass
+class Refer:
+    """SRS's vhost refer: None is "not specified" (allow), a list the domains a page URL must end with."""
+    enabled: bool = False
+    all: list[str] | None = None
+    publish: list[str] | None = None
+    play: list[str] | None = None
+
+
+@dataclass
+class SignedUrl:
+    """New: stateless signed stream URLs (nonstop/access/signed.py). Keys by id, the first is the one
+    `nonstop sign` uses by default; publish and play are required separately."""
+    enabled: bool = False
+    keys: dict[str, str] = field(default_factory=dict)     # key id -> secret, in file order
+    publish: bool = True        # publishers need a token
+    play: bool = True           # players need a token
 
 
 @dataclass
@@ -129,6 +196,10 @@ class Vhost:
     publish: Publish = field(default_factory=Publish)
     cluster: Cluster = field(default_factory=Cluster)
     hls: Hls = field(default_factory=Hls)
+    http_hooks: HttpHooks = field(default_factory=HttpHooks)
+    security: Security = field(default_factory=Security)
+    refer: Refer = field(default_factory=Refer)
+    signed_url: SignedUrl = field(default_factory=SignedUrl)
 
 
 @dataclass
@@ -147,6 +218,10 @@ class Config:
     grace_max_wait: int = 0             # ms, new: bounds the drain; 0 = no bound, as in SRS
     force_grace_quit: bool = False
     handshake_timeout: int = 10000      # ms, new: handshake + connect must finish within it
+    # ms, new: a connected client must publish or play within it. SRS closes such a client after its receive
+    # timeout (SRS_CONSTS_RTMP_TIMEOUT, 30 s without a message); ours is a total, so chatter does not extend it,
+    # and twice SRS's figure so that a client SRS would keep for merely pausing between commands stays too.
+    identify_timeout: int = 60000
     master_process: bool = True         # new, nginx's name: off runs one process, without upgrades
     reuse_port: bool = False            # new: SO_REUSEPORT on the listeners
     upgrade_timeout: int = 30000        # ms, new: how long an upgrade may take before it is abandoned
@@ -200,6 +275,7 @@ HTTP_API = Block("http_api", HttpApi, {
     "enabled": Leaf("enabled", on_off),
     "listen": Leaf("listen", endpoint),
     "crossdomain": Leaf("crossdomain", on_off),
+    "max_connections": Leaf("max_connections", integer(1)),
     "auth": Block("auth", ApiAuth, {
         "enabled": Leaf("enabled", on_off),
         "username": Leaf("username", text_value),
@@ -222,11 +298,13 @@ VHOST = Block("vhost", Vhost, {
     "http_remux": Block("http_remux", HttpRemux, {
         "enabled": Leaf("enabled", on_off),
         "mount": Leaf("mount", path_value),
+        "republish_window": Leaf("republish_window", _ms),
     }),
     "play": Block("play", Play, {
         "gop_cache": Leaf("gop_cache", on_off),
         # SRS takes 0 as "no cap"; nonstop keeps every cache bounded, so the cap must be real.
         "gop_cache_max_frames": Leaf("gop_cache_max_frames", integer(1)),
+        "gop_cache_max_bytes": Leaf("gop_cache_max_bytes", integer(1)),
         "queue_length": Leaf("queue_length", positive_seconds),
         "time_jitter": Leaf("time_jitter", one_of("full", "zero", "off")),
         "mw_latency": Leaf("mw_latency", _ms),
@@ -295,6 +373,7 @@ ROOT = Block("", lambda: Config(path="", listen=[]), {
     "grace_max_wait": Leaf("grace_max_wait", _ms),
     "force_grace_quit": Leaf("force_grace_quit", on_off),
     "handshake_timeout": Leaf("handshake_timeout", _ms_positive),
+    "identify_timeout": Leaf("identify_timeout", _ms_positive),
     "master_process": Leaf("master_process", on_off),
     "reuse_port": Leaf("reuse_port", on_off),
     "upgrade_timeout": Leaf("upgrade_timeout", _ms_positive),

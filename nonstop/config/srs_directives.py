@@ -6,8 +6,7 @@ schema paths of the blocks they appear in ("" is the top level, "vhost.play" the
 A directive named here is skipped with everything in its block, and the skip is a warning. A directive
 named nowhere, neither here nor in the schema, is an error, as in SRS.
 
-Three vhost-level blocks are never skipped quietly: they are access control, and dropping them would
-open a server its owner believes closed. See SECURITY_BLOCKS.
+The vhost-level access control blocks (http_hooks, security, refer) are read by config/access.py.
 """
 
 from __future__ import annotations
@@ -57,16 +56,13 @@ UNSUPPORTED: dict[str, frozenset[str]] = {
     }),
 }
 
-# Vhost-level access control. Enabled (or, for refer, holding rules) means a ConfigError; disabled
-# means the usual warning. `refer` rules without `enabled` are refused too: SRS 1/2 wrote rules alone.
+# Vhost-level access control, read by config/access.py. Listed here for the environment overrides
+# (SRS_VHOST_HTTP_HOOKS_ENABLED=on): the blocks and their `enabled`.
 SECURITY_BLOCKS: dict[str, str] = {
     "http_hooks": "authentication",
     "security": "its allow/deny rules",
     "refer": "its referer checks",
 }
-REFER_RULES = frozenset({"all", "publish", "play"})
-# SRS 1/2 wrote referer rules as vhost-level directives; SRS 7 turns them into an enabled refer block.
-LEGACY_REFER = frozenset({"refer_play", "refer_publish"})
 
 # SRS 1/2 put these directly in the vhost; SRS 3+ reads them from a block, and SRS 7 still moves them
 # there (srs_config_transform_vhost). Name -> (block, name in the block).

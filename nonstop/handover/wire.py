@@ -58,15 +58,23 @@ def schema_override() -> int:
 
 def send_frame(sock: socket.socket, obj, fds: list[int], version: int | None = None) -> None:
     """Blocking send of one frame (the caller runs it where blocking is fine, or on a thread)."""
+    send_payload(sock, dumps(obj), fds, version)
+
+
+def send_payload(sock: socket.socket, payload: bytes, fds: list[int], version: int | None = None) -> None:
+    """Blocking send of one frame whose payload is already pickled (by `dumps`). A frame over the bounds
+    is refused before anything is sent, so the link stays usable."""
     if len(fds) > MAX_FDS_PER_FRAME:
         raise HandoverError(f"{len(fds)} fds in one frame; at most {MAX_FDS_PER_FRAME}")
-    payload = dumps(obj)
+    if len(payload) > MAX_PAYLOAD:
+        raise HandoverError(f"handover frame of {len(payload)} bytes is over {MAX_PAYLOAD}")
     header = HEADER.pack(MAGIC, version if version is not None else schema_override(), len(fds), len(payload))
     ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
     sent = sock.sendmsg([header[:1]], ancillary)
     if sent != 1:
         raise HandoverError("short sendmsg")
-    sock.sendall(header[1:] + payload)
+    sock.sendall(header[1:])
+    sock.sendall(payload)      # not header + payload: that would copy a large payload once more
 
 
 def recv_frame(sock: socket.socket) -> tuple[int, object | None, list[int]]:

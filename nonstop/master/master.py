@@ -78,6 +78,7 @@ class Master(Upgrading):
         self.quitting: str | None = None        # None, "fast" or "graceful"
         self.reloading = False
         self.reload_id = 0                      # which reload a confirmation timeout belongs to
+        self.reload_started_ms = 0              # wall clock, for the reload's entry in the upgrade history
         self.ever_ready = False
         self.backoff = BACKOFF_MIN_S
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -326,6 +327,8 @@ class Master(Upgrading):
 
     def _on_exit(self, worker: WorkerProcess, code: int) -> None:
         self._forget(worker)
+        if not self.quitting:
+            self._push_upgrade()        # the worker list changed (an old worker finished draining, or died)
         if worker.reload_pending:
             worker.reload_pending = False
             self._reload_progress()
@@ -366,8 +369,16 @@ class Master(Upgrading):
         log.warn("main", f"starting a new worker in {delay:.1f}s; the listeners stay open meanwhile")
         self._later(delay, self._respawn)
 
+    def serving_workers(self) -> list[WorkerProcess]:
+        """Live workers that serve or will serve the listeners: not an old worker draining after its handover or
+        a graceful quit, not a discarded candidate."""
+        return [w for w in self.live_workers() if w.state not in (RETIRING, DRAINING) and not w.discarded]
+
     def _respawn(self) -> None:
-        if not self.quitting and not self.live_workers():
+        # Invariant: while the master is not quitting, some worker serves the listeners. An old worker still
+        # draining after an upgrade does not count: it let go of the listeners, so if the serving worker dies
+        # meanwhile (kill -9, a crash), a new one must start all the same (found by the chaos test).
+        if not self.quitting and not self.serving_workers():
             self.spawn()
 
     # ----- signals ------------------------------------------------------------------------------------------
@@ -454,6 +465,7 @@ class Master(Upgrading):
         log.trace("main", f"reload config, signo={signo}")
         sdnotify.reloading()
         self.reloading = True
+        self.reload_started_ms = int(time.time() * 1000)
         try:
             new = load(self.path)
         except ConfigError as e:
@@ -502,12 +514,16 @@ class Master(Upgrading):
         log.error("main", message)
         self.reloading = False
         sdnotify.ready()
+        self.upgrade.record_reload(False, self.reload_started_ms, int(time.time() * 1000), message)
+        self._push_upgrade()
 
     def _reload_progress(self) -> None:
         if self.reloading and not any(w.reload_pending for w in self.workers):
             self.reloading = False
             log.trace("main", "reload config success")
             sdnotify.ready()
+            self.upgrade.record_reload(True, self.reload_started_ms, int(time.time() * 1000))
+            self._push_upgrade()
 
     def _reload_timeout(self, reload_id: int) -> None:
         if self.reloading and reload_id == self.reload_id:

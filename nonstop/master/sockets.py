@@ -85,6 +85,21 @@ def bind_listener(host: str, port: int, *, reuse_port: bool = False) -> socket.s
     return sock
 
 
+# The directive each kind of listener comes from, for the error when it cannot be bound.
+DIRECTIVE_OF = {RTMP: "listen", HTTP: "http_server.listen", API: "http_api.listen"}
+
+
+def bind_named(key: str, ep: Endpoint, config) -> socket.socket:
+    """bind_listener, whose OSError names the address and the directive it came from: `[Errno 98] Address
+    already in use: 0.0.0.0:1935 (listen in /etc/nonstop.conf)`."""
+    try:
+        return bind_listener(ep.host, ep.port, reuse_port=config.reuse_port)
+    except OSError as e:
+        directive = DIRECTIVE_OF.get(kind_of(key), key)
+        where = f" in {config.path}" if getattr(config, "path", "") else ""
+        raise OSError(e.errno, f"{e.strerror or e}: {ep} ({directive}{where})") from e
+
+
 def endpoint_matches(sock: socket.socket, ep: Endpoint) -> bool:
     """Is `sock` bound where `ep` says? A wildcard matches either family's wildcard: systemd's `ListenStream=1935`
     is a dual-stack [::]:1935, which serves what nonstop's `listen 1935` (0.0.0.0:1935) means."""
@@ -164,7 +179,7 @@ class ListenerSet:
                     self.sockets[key] = match[1]
                     log.trace("main", f"listen {key}: adopted from systemd ({match[0]}, fd {match[1].fileno()})")
                 else:
-                    self.sockets[key] = _bind_with_retries(key, ep, config.reuse_port)
+                    self.sockets[key] = _bind_with_retries(key, ep, config)
         except OSError:
             self.close_all()
             for _, sock in adopted:
@@ -192,7 +207,7 @@ class ListenerSet:
                     # Same address, another kind: the socket stays, only its meaning changes.
                     plan.add[key] = self.sockets[by_endpoint.pop(str(ep))]
                 else:
-                    sock = bind_listener(ep.host, ep.port, reuse_port=config.reuse_port)
+                    sock = bind_named(key, ep, config)
                     bound.append(sock)
                     plan.add[key] = sock
         except OSError:
@@ -225,10 +240,10 @@ class ListenerSet:
         return ", ".join(self.sockets) or "none"
 
 
-def _bind_with_retries(key: str, ep: Endpoint, reuse_port: bool) -> socket.socket:
+def _bind_with_retries(key: str, ep: Endpoint, config) -> socket.socket:
     for attempt in range(1, BIND_TRIES + 1):
         try:
-            return bind_listener(ep.host, ep.port, reuse_port=reuse_port)
+            return bind_named(key, ep, config)
         except OSError as e:
             if e.errno != errno.EADDRINUSE or attempt == BIND_TRIES:
                 raise

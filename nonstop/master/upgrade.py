@@ -31,6 +31,12 @@ RESULTS = (DONE, FAILED, ROLLED_BACK, ABANDONED)
 
 # The re-exec'd master finds its past self here (JSON, see MasterState).
 STATE_ENV = "NONSTOP_MASTER_STATE"
+# The history of upgrades and reloads the console shows (/api/v1/nonstop/upgrades): the last this many, oldest
+# first. Each entry is a few hundred bytes of JSON, and it rides every status order to the workers and the
+# state across the master's execve.
+HISTORY_MAX = 20
+RELOAD = "reload"
+UPGRADE = "upgrade"
 # Per-connection handover time, seconds: a quiesce plus a frame and its acknowledgement is a few ms; a slow
 # player's writer may take up to the quiesce bound (2 s) before it is left to drain.
 HANDOVER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -89,6 +95,7 @@ class Upgrade:
         self.worst_ms = 0.0
         self.results = dict.fromkeys(RESULTS, 0)
         self.histogram = Histogram()
+        self.history: list[dict] = []      # finished upgrades and reloads, oldest first, at most HISTORY_MAX
 
     @property
     def in_flight(self) -> bool:
@@ -125,6 +132,16 @@ class Upgrade:
             return
         self.state, self.reason, self.finished_ms = result, reason, now_ms
         self.results[result] += 1
+        self.remember({"kind": UPGRADE, **self.as_dict()})
+
+    def record_reload(self, ok: bool, started_ms: int, finished_ms: int, reason: str = "") -> None:
+        """A reload (SIGHUP) ended: `done`, or `failed` with the reason (the old config kept running)."""
+        self.remember({"kind": RELOAD, "state": DONE if ok else FAILED, "reason": reason,
+                       "started_ms": started_ms, "finished_ms": finished_ms})
+
+    def remember(self, entry: dict) -> None:
+        self.history.append(entry)
+        del self.history[:-HISTORY_MAX]
 
     def as_dict(self) -> dict:
         """`data.upgrade`."""
@@ -137,7 +154,7 @@ class Upgrade:
         return {"results": dict(self.results), "histogram": self.histogram.as_dict()}
 
     def to_dict(self) -> dict:
-        return {**self.as_dict(), **self.totals()}
+        return {**self.as_dict(), **self.totals(), "history": [dict(e) for e in self.history]}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Upgrade":
@@ -148,6 +165,9 @@ class Upgrade:
                 setattr(self, key, data[key])
         self.results.update({k: int(v) for k, v in data.get("results", {}).items() if k in RESULTS})
         self.histogram = Histogram.from_dict(data.get("histogram"))
+        history = data.get("history")
+        if isinstance(history, list):
+            self.history = [dict(e) for e in history if isinstance(e, dict)][-HISTORY_MAX:]
         return self
 
 

@@ -201,18 +201,32 @@ class Upgrading:
         log.trace("main", f"upgrade: worker pid={old.pid} handed over: {stats}")
         self._finish_handover(new)
 
-    def _finish_handover(self, new: WorkerProcess | None) -> None:
+    def _finish_handover(self, new: WorkerProcess | None, why: str = "") -> None:
         if new is not None:
             new.candidate = False
             if new.handover_end is not None:
                 new.handover_end.close()
                 new.handover_end = None
-        self._end_upgrade(up.DONE, "")
+        self._end_upgrade(up.DONE, why)
 
     def _handover_failed(self, old: WorkerProcess, message: dict) -> None:
-        old.state = SERVING
-        self.upgrade.handover_stats(message.get("stats") or {}, message.get("per_conn") or [])
+        """The old worker's handover broke; it serves again what it still has. If nothing moved, roll back.
+        Once anything moved, the new worker holds live connections: it is kept (never killed because
+        something later failed, handover/transfer.py I4) and the old worker drains what did not move."""
+        stats = message.get("stats") or {}
+        per_conn = [s for s in message.get("per_conn") or [] if isinstance(s, (int, float))]
         new = next((w for w in self.workers if w.candidate), None)
+        moved = _int(stats.get("handed_over")) + _int(stats.get("streams"))
+        if moved and new is not None and new.proc.poll() is None and self.upgrade.in_flight:
+            self.upgrade.handover_stats(stats, per_conn)
+            old.state = RETIRING
+            old.order("quit", graceful=True)
+            self._finish_handover(new, f"the handover broke after {moved} moved ({message.get('error')}); "
+                                       f"the new worker pid={new.pid} keeps them, worker pid={old.pid} drains "
+                                       f"the rest")
+            return
+        old.state = SERVING
+        self.upgrade.handover_stats(stats, per_conn)
         why = f"the handover broke: {message.get('error')}; worker pid={old.pid} serves on"
         if new is not None and new.proc.poll() is None:
             new.proc.kill()
@@ -261,9 +275,12 @@ class Upgrading:
         self.upgrade.finish(result, self._now_ms(), why)
         u = self.upgrade
         if result == up.DONE:
-            log.trace("main", f"upgrade done: generation {self.generation}, handed_over={u.handed_over}, "
-                              f"failed={u.failed}, drained={u.drained}, total_ms={u.total_ms:.1f}, "
-                              f"worst_ms={u.worst_ms:.1f}")
+            # Honest figures: failed = connections whose batch did not move (they stayed on the old worker),
+            # drained = left behind alone; a broken handover says why. Anything but a clean move is a warning.
+            line = (f"upgrade done: generation {self.generation}, handed_over={u.handed_over}, "
+                    f"failed={u.failed}, drained={u.drained}, total_ms={u.total_ms:.1f}, "
+                    f"worst_ms={u.worst_ms:.1f}" + (f"; {why}" if why else ""))
+            (log.warn if (u.failed or u.drained or why) else log.trace)("main", line)
         elif result == up.ABANDONED:
             log.warn("main", f"upgrade ended: {why}")
         else:
@@ -272,5 +289,19 @@ class Upgrading:
         self._push_upgrade()
 
     def _push_upgrade(self) -> None:
+        """Tell every worker the upgrade state, its history and the worker list (for the API and the console);
+        sent at each step of an upgrade, at the end of a reload and whenever a worker starts serving or exits."""
+        workers = self.workers_info()
         for worker in self.live_workers():
-            worker.order("upgrade_status", upgrade=self.upgrade.to_dict())
+            worker.order("upgrade_status", upgrade=self.upgrade.to_dict(), workers=workers)
+
+    def workers_info(self) -> list[dict]:
+        """The master's workers as plain data: pid, generation, state (starting, serving, retiring: handing
+        over or draining its leftovers after an upgrade, draining: quitting) and start time (ms, wall clock)."""
+        now, wall = time.monotonic(), time.time()
+        return [{"pid": w.pid, "generation": w.generation, "state": w.state,
+                 "started_ms": int((wall - (now - w.started_at)) * 1000)} for w in self.live_workers()]
+
+
+def _int(value) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0

@@ -22,11 +22,12 @@ CUTBACK_WINDOW_S = 60.0
 
 
 class Consumer:
-    """A player of one source. `sink` is its connection: it has `transport`, `kick(reason)`,
+    """A player of one source. `sink` is its connection: it has `transport`, `kick(reason)` (which must end the
+    connection at once, a reset rather than a drain: the player it is called for is one that does not read),
     `on_source_unpublish()` and `on_source_publish()`."""
 
     __slots__ = ("source", "fmt", "sink", "position", "paused", "bytes_sent", "dropped", "cutbacks",
-                 "first_cutback_at", "behind_since", "closed")
+                 "first_cutback_at", "behind_since", "closed", "chunked")
 
     def __init__(self, source, fmt: str, sink):
         self.source = source
@@ -40,6 +41,9 @@ class Consumer:
         self.first_cutback_at = 0.0
         self.behind_since: float | None = None
         self.closed = False
+        # HTTP/1.1 chunked transfer coding: each flush is one chunk around the shared bytes (two small framing
+        # objects per flush, the tags themselves are still the shared ones).
+        self.chunked = False
 
     def start(self, now: float) -> None:
         """Join the source: headers at once, then the GOP from the latest keyframe, then live messages."""
@@ -48,9 +52,16 @@ class Consumer:
         self.position = source.start_position()
         headers = source.header_bytes(self.fmt, self.position)
         if headers:
-            self.sink.transport.writelines(headers)
-            self.bytes_sent += sum(len(h) for h in headers)
+            size = sum(len(h) for h in headers)
+            self._write(self.sink.transport, headers, size)
+            self.bytes_sent += size
         self.flush(now)
+
+    def _write(self, transport, parts: list, size: int) -> None:
+        if self.chunked:
+            transport.writelines([b"%x\r\n" % size, *parts, b"\r\n"])
+        else:
+            transport.writelines(parts)
 
     def attach(self, position: int) -> None:
         """Join the source at a known position (after a handover): nothing is resent, nothing skipped."""
@@ -82,8 +93,9 @@ class Consumer:
                 return
         encoded = source.encodings[self.fmt]
         sizes = source.sizes[self.fmt]
-        transport.writelines(encoded[start:])
-        self.bytes_sent += sizes[-1] - sizes[start]
+        size = sizes[-1] - sizes[start]
+        self._write(transport, encoded[start:], size)
+        self.bytes_sent += size
         self.position = head
 
     def _cut_back(self, now: float) -> bool:
@@ -103,6 +115,17 @@ class Consumer:
         self.position = target
         return True
 
+    def detach(self) -> None:
+        """Stop being fed, without leaving (a handover's quiesce, which pins the source meanwhile so it is not
+        freed as idle: SourceRegistry.pin)."""
+        self.source.consumers.discard(self)
+
+    def reattach(self, now: float) -> None:
+        """Be fed again after `detach` (the handover kept this player here)."""
+        if not self.closed:
+            self.source.consumers.add(self)
+            self.flush(now)
+
     def stop(self, now: float) -> None:
         if not self.closed:
             self.closed = True
@@ -116,9 +139,10 @@ class Consumer:
 
     def snapshot(self) -> dict:
         return {"fmt": self.fmt, "position": self.position, "paused": self.paused,
-                "bytes_sent": self.bytes_sent, "dropped": self.dropped}
+                "bytes_sent": self.bytes_sent, "dropped": self.dropped, "chunked": self.chunked}
 
     def restore_counters(self, snap: dict) -> None:
         self.paused = snap["paused"]
         self.bytes_sent = snap["bytes_sent"]
         self.dropped = snap["dropped"]
+        self.chunked = snap.get("chunked", False)

@@ -7,6 +7,11 @@ later starts at a fresh keyframe either way). Keeping dead sources for seconds w
 rate of stream churn: 3,000 names a second kept 3 s is 9,000 sources, and an allocator rarely gives that back.
 The sweep the worker runs every second frees what never had a publisher or player leave, such as a source
 whose first player vanished before it attached, SOURCE_IDLE_FREE_S after it was created.
+
+Pins (the handover's invariant I2, nonstop/handover/transfer.py): a source being received from an upgrade's
+old worker is pinned until its publisher is attached or the stream is known to be gone; a pinned source is
+never freed as idle, neither by `free_idle` (Source.on_idle) nor by the sweep. `unpin` frees it then if it is
+idle.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ class SourceRegistry:
         self.sources: dict[str, Source] = {}
         self.created_total = 0
         self.freed_total = 0
+        self.pinned: set[Source] = set()
 
     def get(self, vhost: str, app: str, stream: str) -> Source | None:
         return self.sources.get(source_key(vhost, app, stream))
@@ -57,6 +63,19 @@ class SourceRegistry:
         self.sources[source.key] = source
         self.created_total += 1
 
+    def pin(self, source: Source) -> None:
+        self.pinned.add(source)
+
+    def unpin(self, source: Source) -> None:
+        self.pinned.discard(source)
+        if source.on_idle is not None:
+            self.free_idle(source)
+
+    def moved_away(self, source: Source) -> None:
+        """The source went to another worker with its connections (an upgrade's handover): forget it here."""
+        self.pinned.discard(source)
+        self.remove(source)
+
     def by_id(self, source_id: str) -> Source | None:
         for source in self.sources.values():
             if source.id == source_id:
@@ -67,6 +86,8 @@ class SourceRegistry:
         """Free every source idle for SOURCE_IDLE_FREE_S; returns those freed (for the log)."""
         freed = []
         for key, source in list(self.sources.items()):
+            if source in self.pinned:
+                continue
             if source.is_idle() and source.idle_since is not None and now - source.idle_since >= SOURCE_IDLE_FREE_S:
                 del self.sources[key]
                 source.on_idle = None
@@ -76,12 +97,13 @@ class SourceRegistry:
 
     def free_idle(self, source: Source) -> None:
         """Source.on_idle: its last publisher or player left."""
-        if source.is_idle():
+        if source.is_idle() and source not in self.pinned:
             self.remove(source)
             log.trace("source", f"free source {source.key} (idle)")
 
     def remove(self, source: Source) -> None:
         source.on_idle = None
+        self.pinned.discard(source)
         if self.sources.get(source.key) is source:
             del self.sources[source.key]
             self.freed_total += 1

@@ -22,7 +22,16 @@ from nonstop.protocol.rtmp import MSG_AUDIO, MSG_DATA_AMF0, MSG_VIDEO
 TRIM_EVERY_PACKETS = 512
 # Even with no keyframe and no player, never keep more than this many packets (audio-only at 50 msg/s: 80 s).
 MAX_LOG_PACKETS = 4096
+# The log's payload bytes are bounded too, at this many times gop_cache_max_bytes: the GOP cache plus as much
+# again for players behind it. A player whose position falls out of the log is cut back to the GOP (as when
+# it is queue_length behind). So one publisher makes a source hold at most 2 x gop_cache_max_bytes of payload,
+# plus one encoded copy of it per output format in use while it has players (README: Operations).
+LOG_BYTES_PER_GOP_BYTES = 2
+DEFAULT_GOP_CACHE_MAX_BYTES = 32 << 20
 SNAPSHOT_VERSION = 1
+# E-RTMP multitrack sequence headers kept per source (one per track set): track ids are a byte, and a
+# publisher could name endless sets; past this many the oldest goes (bounded memory and handover frames).
+MAX_TRACK_HEADERS = 16
 
 
 class StreamInfo:
@@ -43,7 +52,8 @@ class Source:
 
     def __init__(self, key: str, vhost: str, app: str, stream: str, *, gop_cache: bool = True,
                  gop_cache_max_frames: int = 2500, queue_length_ms: int = 30000, time_jitter: str = "full",
-                 mw_latency_ms: int = 350, mw_msgs: int = 8, min_latency: bool = False, source_id: str = ""):
+                 mw_latency_ms: int = 350, mw_msgs: int = 8, min_latency: bool = False, source_id: str = "",
+                 gop_cache_max_bytes: int = DEFAULT_GOP_CACHE_MAX_BYTES):
         self.key = key
         self.vhost = vhost
         self.app = app
@@ -51,6 +61,7 @@ class Source:
         self.id = source_id
         self.gop_cache = gop_cache
         self.gop_cache_max_frames = gop_cache_max_frames
+        self.gop_cache_max_bytes = gop_cache_max_bytes
         self.queue_length_ms = queue_length_ms
         self.mw_latency_ms = mw_latency_ms
         self.mw_msgs = mw_msgs
@@ -64,11 +75,17 @@ class Source:
         self.sizes: dict[str, list[int]] = {}    # running byte totals, parallel to encodings
         self.gop_start_seq = 0       # seq of the latest keyframe in the log, 0 when there is no GOP cache
         self.gop_frames = 0
+        self.gop_bytes = 0           # payload bytes of the log from gop_start_seq on (0 with no GOP cache)
+        self.log_bytes = 0           # payload bytes of the whole log: sum(len(p.payload) for p in packets)
+        self.gop_cache_cleared = 0   # times a bound (frames or bytes) cleared the GOP cache, for tests and logs
         self.since_trim = 0
         # The stream's header state, sent to each new player before the GOP.
         self.metadata: Packet | None = None
         self.video_sh: Packet | None = None
         self.audio_sh: Packet | None = None
+        # Enhanced RTMP multitrack: the sequence headers of the other tracks, by 'video:tracks:1' etc.
+        # (flv.sequence_header_slot), in the order they last came; sent to new players after the two above.
+        self.track_sh: dict[str, Packet] = {}
         self.info = StreamInfo()
         # Who is here.
         self.publisher = None        # the publishing connection, or None
@@ -94,6 +111,39 @@ class Source:
     def can_publish(self) -> bool:
         return self.publisher is None
 
+    # ----- what others ask of the source (it owns these fields: one owner, no outside writers) -------------
+
+    def attach_publisher(self, publisher) -> None:
+        """A publisher that continues the stream as it is (a handed-over connection, an edge's upstream pull):
+        no new timeline, no notice to the players (on_publish is for a publisher that starts a stream)."""
+        self.publisher = publisher
+        self.idle_since = None
+
+    def release_publisher(self, publisher) -> None:
+        """`publisher` lets go without an unpublish (an edge pull replaced by a local publisher): the players are
+        not told, and the stream's header state and GOP go, since the next publisher brings its own."""
+        if self.publisher is publisher:
+            self.publisher = None
+            self.forget_stream()
+
+    def discontinuity(self) -> None:
+        """What comes next does not continue the log: drop the GOP (a player joining now must not start on stale
+        frames) and restart the input timeline (time_jitter carries the output on, +10 ms)."""
+        self.gop_start_seq = 0
+        self.gop_frames = 0
+        self.gop_bytes = 0
+        self.jitter.on_new_publisher()
+
+    def forget_stream(self) -> None:
+        """Drop the stream's header state and GOP, as an unpublish does, without telling the players."""
+        self.metadata = self.video_sh = self.audio_sh = None
+        self.track_sh = {}
+        self.discontinuity()
+
+    def continue_input_timeline(self, last_in: int) -> None:
+        """The next message continues the input timeline from `last_in` (an edge's resync after skipping)."""
+        self.jitter.last_in = last_in
+
     def on_publish(self, publisher, now: float) -> None:
         self.publisher = publisher
         self.idle_since = None
@@ -110,8 +160,10 @@ class Source:
         self.metadata = self.video_sh = self.audio_sh = None
         if self.hls is not None:
             self.hls.on_unpublish(now)
+        self.track_sh = {}
         self.gop_start_seq = 0
         self.gop_frames = 0
+        self.gop_bytes = 0
         self.flush(now)
         for consumer in list(self.consumers):
             consumer.on_source_unpublish()
@@ -130,12 +182,16 @@ class Source:
             is_metadata = self.metadata is not None and payload is self.metadata.payload
         keyframe = header = False
         if type_id == MSG_VIDEO:
-            if flv.is_video_sequence_header(payload):
+            # One reading of the header (legacy or Enhanced RTMP, any codec, multitrack) in flv.video_kind.
+            kind = flv.video_kind(payload)
+            if kind == flv.KIND_SEQUENCE_HEADER:
                 header = True
                 self._on_video_header(payload)
-            else:
+            elif kind != flv.KIND_OTHER:   # end of sequence, commands, video metadata are not frames
                 self.frames += 1
-                keyframe = flv.is_video_keyframe(payload)
+                keyframe = kind == flv.KIND_KEYFRAME
+                if keyframe and self.info.video is not None and not self.info.video.get("width"):
+                    self._size_from_keyframe(payload)
         elif type_id == MSG_AUDIO and flv.is_audio_sequence_header(payload):
             self._on_audio_header(payload)
         # onMetaData goes out at time 0: FFmpeg's FLV demuxer turns a metadata tag with a non-zero time into
@@ -146,16 +202,22 @@ class Source:
         self._append(packet)
         if self.hls is not None and not is_metadata and type_id != MSG_DATA_AMF0:
             self.hls.on_media(type_id, timestamp, payload)
-        if type_id == MSG_VIDEO and not header:
-            if keyframe:
-                self._on_keyframe(packet)
-            elif self.gop_start_seq:
+        if keyframe:
+            self._on_keyframe(packet)
+        elif self.gop_start_seq:
+            self.gop_bytes += len(payload)
+            if type_id == MSG_VIDEO and not header:
                 self.gop_frames += 1
-                if self.gop_frames > self.gop_cache_max_frames:
-                    # SRS clears the GOP cache when it grows past the cap; new players wait for a keyframe.
-                    self.gop_start_seq = 0
+            if self.gop_frames > self.gop_cache_max_frames or self.gop_bytes > self.gop_cache_max_bytes:
+                # SRS clears the GOP cache when it grows past its frame cap, and so do we past the byte cap:
+                # the cache holds a whole GOP from its keyframe or nothing, so a new player still starts at a
+                # keyframe (the next one). Players already here keep their place: trim() keeps their positions.
+                self.gop_start_seq = 0
+                self.gop_frames = self.gop_bytes = 0
+                self.gop_cache_cleared += 1
+                self.trim()
         self.since_trim += 1
-        if self.since_trim >= TRIM_EVERY_PACKETS:
+        if self.since_trim >= TRIM_EVERY_PACKETS or self.log_bytes > self.max_log_bytes:
             self.trim()
         if self.min_latency or (packet.seq - self.flushed_seq >= self.mw_msgs
                                 and timestamp - self.flushed_ts >= self.mw_latency_ms):
@@ -170,7 +232,13 @@ class Source:
         meta = amf0.metadata_object(values)
         if meta is None:
             return amf0.encode(*values) if values else None
-        meta = amf0.EcmaArray((k, v) for k, v in meta.items() if k != "duration")
+        # Players get an AMF0 Object, as SRS sends (SrsOnMetaDataPacket copies an ECMA array into an Object),
+        # whatever the publisher used. FFmpeg reads the two differently: in an ECMA array, an `audiocodecid`
+        # makes it wait for an audio stream, so a video-only stream that names one (nginx-rtmp's `push` sends
+        # `audiocodecid 0`) decodes nothing over RTMP; in an Object it is only a hint. The publisher's keys,
+        # codec ids of tracks not seen (yet) included, go through as SRS passes them: audio may still come,
+        # and the FLV header and the sequence headers, not the metadata, say which tracks there are.
+        meta = {k: v for k, v in meta.items() if k != "duration"}
         meta["server"] = SERVER_NAME
         meta["server_version"] = __version__
         self.info.metadata = dict(meta)
@@ -179,24 +247,72 @@ class Source:
         return payload
 
     def _on_video_header(self, payload: bytes) -> None:
-        self.video_sh = Packet(0, MSG_VIDEO, 0, payload)
+        packet = Packet(0, MSG_VIDEO, 0, payload)
+        if self._on_track_header("video", packet) and self.info.video_codec is not None:
+            return  # the API shows the default track's codec
         self.info.video_codec = flv.video_codec(payload)
-        if self.info.video_codec == "H264":
-            self.info.video = flv.parse_avc_sequence_header(payload)
+        self.info.video = flv.parse_video_sequence_header(payload)
 
     def _on_audio_header(self, payload: bytes) -> None:
-        self.audio_sh = Packet(0, MSG_AUDIO, 0, payload)
+        packet = Packet(0, MSG_AUDIO, 0, payload)
+        if self._on_track_header("audio", packet) and self.info.audio_codec is not None:
+            return
         self.info.audio_codec = flv.audio_codec(payload)
-        self.info.audio = flv.parse_aac_sequence_header(payload)
+        self.info.audio = flv.parse_audio_sequence_header(payload)
+
+    def _size_from_keyframe(self, payload: bytes) -> None:
+        # VP9's sequence header has no picture size: the API takes it from the first keyframe.
+        size = flv.keyframe_picture_size(payload)
+        if size is not None:
+            self.info.video = {**self.info.video, "width": size[0], "height": size[1]}
+
+    def cached_header(self, type_id: int, payload: bytes) -> Packet | None:
+        """The sequence header this header message would replace (same media, same tracks), or None."""
+        media = "video" if type_id == MSG_VIDEO else "audio"
+        slot = flv.sequence_header_slot(type_id, payload)
+        return self.track_sh.get(f"{media}:{slot}") if slot else getattr(self, f"{media}_sh")
+
+    def _on_track_header(self, media: str, packet: Packet) -> bool:
+        """Keep a sequence header in its slot: the default track's in video_sh/audio_sh, a multitrack
+        message's in track_sh. True when it was a multitrack one."""
+        slot = flv.sequence_header_slot(packet.type_id, packet.payload)
+        if not slot:
+            setattr(self, f"{media}_sh", packet)
+            return False
+        key = f"{media}:{slot}"
+        self.track_sh.pop(key, None)   # re-inserted last: a new player gets the newest configuration last
+        self.track_sh[key] = packet
+        while len(self.track_sh) > MAX_TRACK_HEADERS:
+            del self.track_sh[next(iter(self.track_sh))]
+        return True
 
     def _on_keyframe(self, packet: Packet) -> None:
         if self.gop_cache:
             self.gop_start_seq = packet.seq
             self.gop_frames = 1
+            self.gop_bytes = len(packet.payload)
+            # E-RTMP multitrack: keyframes of the other tracks sent just before this one, at the same time,
+            # belong to its GOP. The GOP still starts at a keyframe (the first of them), and a new player
+            # gets every track's keyframe, whatever order the publisher sent them in.
+            index = len(self.packets) - 2      # the packet before this one
+            while index >= 0:
+                before = self.packets[index]
+                if (before.type_id != MSG_VIDEO or before.timestamp != packet.timestamp
+                        or flv.video_kind(before.payload) != flv.KIND_TRACK_KEYFRAME):
+                    break
+                self.gop_start_seq = before.seq
+                self.gop_frames += 1
+                self.gop_bytes += len(before.payload)
+                index -= 1
         self.trim()
+
+    @property
+    def max_log_bytes(self) -> int:
+        return LOG_BYTES_PER_GOP_BYTES * self.gop_cache_max_bytes
 
     def _append(self, packet: Packet) -> None:
         self.packets.append(packet)
+        self.log_bytes += len(packet.payload)
         for fmt, encoded in self.encodings.items():
             data = encode_packet(fmt, packet.type_id, packet.timestamp, packet.payload)
             encoded.append(data)
@@ -228,7 +344,7 @@ class Source:
         out = []
         if self.metadata is not None:
             out.append(encode_packet(fmt, MSG_DATA_AMF0, 0, self.metadata.payload))
-        for packet in (self.video_sh, self.audio_sh):
+        for packet in (self.video_sh, self.audio_sh, *self.track_sh.values()):
             if packet is not None:
                 out.append(encode_packet(fmt, packet.type_id, now_ts, packet.payload))
         return out
@@ -264,8 +380,19 @@ class Source:
                 and self.packets[first].seq < (self.gop_start_seq or self.next_seq):
             first += 1
         first = max(first, len(self.packets) - MAX_LOG_PACKETS)
+        # Nothing beyond the byte bound either (the GOP alone never exceeds it: on_media clears a GOP that
+        # grows past gop_cache_max_bytes, half the bound), however few seconds the bytes span.
+        first = max(first, 0)
+        dropped = sum(len(p.payload) for p in self.packets[:first])
+        while self.log_bytes - dropped > self.max_log_bytes and first < len(self.packets):
+            dropped += len(self.packets[first].payload)
+            first += 1
         if first <= 0:
             return
+        if self.gop_start_seq and self.gop_start_seq < self.base_seq + first:
+            self.gop_start_seq = 0      # (cannot happen while gop_bytes <= gop_cache_max_bytes; kept safe)
+            self.gop_frames = self.gop_bytes = 0
+        self.log_bytes -= dropped
         del self.packets[:first]
         for fmt in self.encodings:
             del self.encodings[fmt][:first]
@@ -323,9 +450,12 @@ class Source:
             "packets": [p.snapshot() for p in self.packets],
             "base_seq": self.base_seq, "next_seq": self.next_seq,
             "gop_start_seq": self.gop_start_seq, "gop_frames": self.gop_frames,
+            # Outside "config": an older build passes "config" to Source() and would refuse an unknown key.
+            "gop_cache_max_bytes": self.gop_cache_max_bytes,
             "metadata": None if self.metadata is None else self.metadata.snapshot(),
             "video_sh": None if self.video_sh is None else self.video_sh.snapshot(),
             "audio_sh": None if self.audio_sh is None else self.audio_sh.snapshot(),
+            "track_sh": [[key, packet.snapshot()] for key, packet in self.track_sh.items()],
             "info": {"video_codec": self.info.video_codec, "audio_codec": self.info.audio_codec,
                      "video": self.info.video, "audio": self.info.audio},
             "frames": self.frames, "recv_bytes": self.recv_bytes,
@@ -344,9 +474,14 @@ class Source:
         self.packets = [Packet.restore(p) for p in snap["packets"]]
         self.base_seq, self.next_seq = snap["base_seq"], snap["next_seq"]
         self.gop_start_seq, self.gop_frames = snap["gop_start_seq"], snap["gop_frames"]
+        self.gop_cache_max_bytes = snap.get("gop_cache_max_bytes", DEFAULT_GOP_CACHE_MAX_BYTES)
+        self.log_bytes = sum(len(p.payload) for p in self.packets)
+        if self.gop_start_seq >= self.base_seq:
+            self.gop_bytes = sum(len(p.payload) for p in self.packets[self.gop_start_seq - self.base_seq:])
         for name in ("metadata", "video_sh", "audio_sh"):
             value = snap[name]
             setattr(self, name, None if value is None else Packet.restore(value))
+        self.track_sh = {key: Packet.restore(value) for key, value in snap.get("track_sh", [])}
         info = snap["info"]
         self.info.video_codec, self.info.audio_codec = info["video_codec"], info["audio_codec"]
         self.info.video, self.info.audio = info["video"], info["audio"]

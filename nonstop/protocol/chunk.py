@@ -41,6 +41,11 @@ MAX_PARTIAL_BYTES = 2 * MAX_MESSAGE_SIZE + 2
 # create 65598 of them.
 MAX_CHUNK_STREAMS = 64
 
+# The smallest chunk size a reader may be told to use, by default: the spec's 1. A server session raises it
+# (rtmp.py: MIN_PEER_CHUNK_SIZE), because every chunk costs a header parse, and 1-byte chunks make a peer's
+# bytes cost ~15 times the work of the same bytes in 128-byte chunks.
+MIN_CHUNK_SIZE = 1
+
 # The longest chunk header: 3-byte basic header + 11-byte type 0 message header + 4-byte extended timestamp.
 MAX_HEADER_SIZE = 3 + 11 + 4
 
@@ -114,14 +119,20 @@ class ChunkReader:
     """Bytes in, complete messages out, for one connection's incoming direction."""
 
     def __init__(self, chunk_size: int = DEFAULT_CHUNK_SIZE, max_message_size: int = MAX_MESSAGE_SIZE,
-                 max_partial_bytes: int = MAX_PARTIAL_BYTES, max_chunk_streams: int = MAX_CHUNK_STREAMS):
+                 max_partial_bytes: int = MAX_PARTIAL_BYTES, max_chunk_streams: int = MAX_CHUNK_STREAMS,
+                 min_chunk_size: int = MIN_CHUNK_SIZE):
+        # Set Chunk Size below this is refused (ChunkError); the initial chunk_size is the caller's choice.
+        self.min_chunk_size = min_chunk_size
         self.chunk_size = chunk_size
         self.max_message_size = max_message_size
         self.max_partial_bytes = max_partial_bytes
         self.max_chunk_streams = max_chunk_streams
         self.bytes_received = 0  # everything ever fed, for Acknowledgement messages
         self.failed = False
-        self._buffer = bytearray()  # the start of an incomplete chunk
+        # True when the last feed() stopped at its chunk budget: complete chunks may wait in the buffer, and
+        # feed(b"") parses on (the shell calls it on a later turn of its loop).
+        self.input_pending = False
+        self._buffer = bytearray()  # unparsed: the start of an incomplete chunk (more when input_pending)
         self._streams: dict[int, _ChunkStream] = {}
         self._partial_bytes = 0
         # The timestamp of the latest message on any chunk stream: a chunk stream's first type 0 header is
@@ -136,8 +147,8 @@ class ChunkReader:
     @chunk_size.setter
     def chunk_size(self, size: int) -> None:
         """Set by the reader itself on Set Chunk Size, or by the session; clamped (see MAX_CHUNK_SIZE)."""
-        if not 1 <= size <= _MAX_ANNOUNCED_CHUNK_SIZE:
-            raise ChunkError(f"chunk size {size} outside 1..{_MAX_ANNOUNCED_CHUNK_SIZE}")
+        if not self.min_chunk_size <= size <= _MAX_ANNOUNCED_CHUNK_SIZE:
+            raise ChunkError(f"chunk size {size} outside {self.min_chunk_size}..{_MAX_ANNOUNCED_CHUNK_SIZE}")
         self._chunk_size = min(size, MAX_CHUNK_SIZE)
 
     @property
@@ -146,15 +157,20 @@ class ChunkReader:
         return self._partial_bytes
 
     def buffered(self) -> bytes:
-        """Bytes received but not yet parsed into a complete chunk (at most MAX_HEADER_SIZE + chunk_size)."""
+        """Bytes received but not yet parsed: the start of an incomplete chunk (at most MAX_HEADER_SIZE +
+        chunk_size), plus, when `input_pending`, the complete chunks the last feed's budget left unparsed."""
         return bytes(self._buffer)
 
-    def feed(self, data) -> list[Message]:
+    def feed(self, data, max_chunks: int | None = None) -> list[Message]:
         """Parse `data` (any split of the stream) and return the messages it completes, in order.
 
         Set Chunk Size (type 1) and Abort (type 2) are applied as soon as they complete, before the next
         chunk is parsed, and are still returned. Raises ChunkError on malformed input or an exceeded cap;
         the reader then stays failed.
+
+        `max_chunks` bounds the work of one call: after that many chunks the rest of the bytes is kept, unparsed,
+        `input_pending` turns true, and a later `feed(b"")` goes on where this one stopped. A peer's bytes then
+        never hold the caller's event loop for longer than a budget's worth of chunks.
         """
         if self.failed:
             raise ChunkError("chunk reader already failed")
@@ -166,12 +182,18 @@ class ChunkReader:
             buf = data
         messages: list[Message] = []
         pos = 0
+        budget = -1 if max_chunks is None else max_chunks
+        self.input_pending = False
         try:
             while True:
+                if budget == 0:
+                    self.input_pending = pos < len(buf)
+                    break
                 used = self._parse_chunk(buf, pos, messages)
                 if not used:
                     break
                 pos += used
+                budget -= 1
         except ChunkError:
             self.failed = True
             raise
@@ -319,8 +341,8 @@ class ChunkReader:
 
     def _apply_set_chunk_size(self, payload: bytes) -> None:
         size = self._control_u32(payload, "Set Chunk Size")
-        if size == 0 or size > _MAX_ANNOUNCED_CHUNK_SIZE:
-            raise ChunkError(f"Set Chunk Size {size} outside 1..{_MAX_ANNOUNCED_CHUNK_SIZE}")
+        if not self.min_chunk_size <= size <= _MAX_ANNOUNCED_CHUNK_SIZE:
+            raise ChunkError(f"Set Chunk Size {size} outside {self.min_chunk_size}..{_MAX_ANNOUNCED_CHUNK_SIZE}")
         self.chunk_size = size
 
     def abort(self, csid: int) -> None:
@@ -339,6 +361,8 @@ class ChunkReader:
             "max_message_size": self.max_message_size,
             "max_partial_bytes": self.max_partial_bytes,
             "max_chunk_streams": self.max_chunk_streams,
+            "min_chunk_size": self.min_chunk_size,
+            "input_pending": self.input_pending,
             "bytes_received": self.bytes_received,
             "failed": self.failed,
             "buffer": bytes(self._buffer),
@@ -355,8 +379,10 @@ class ChunkReader:
     def restore(cls, d: dict) -> "ChunkReader":
         """Rebuild from `snapshot()`; raises ChunkError if the snapshot is malformed."""
         try:
+            # min_chunk_size and input_pending are newer than the snapshot format: absent from an older build's.
             reader = cls(int(d["chunk_size"]), int(d["max_message_size"]), int(d["max_partial_bytes"]),
-                         int(d["max_chunk_streams"]))
+                         int(d["max_chunk_streams"]), int(d.get("min_chunk_size", MIN_CHUNK_SIZE)))
+            reader.input_pending = bool(d.get("input_pending", False))
             reader.bytes_received = int(d["bytes_received"])
             reader.failed = bool(d["failed"])
             reader._buffer = bytearray(d["buffer"])

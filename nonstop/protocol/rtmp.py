@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from nonstop import SERVER_NAME, __version__
 from nonstop.protocol import amf0
-from nonstop.protocol.chunk import ChunkReader, ChunkWriter, Message
+from nonstop.protocol.chunk import MAX_MESSAGE_SIZE, MAX_PARTIAL_BYTES, ChunkReader, ChunkWriter, Message
 from nonstop.protocol.errors import ProtocolError
 from nonstop.protocol.handshake import ClientHandshake, ServerHandshake
 
@@ -80,6 +80,48 @@ FMS_VERSION = "FMS/3,5,3,888"
 CLIENT_FLASH_VERSION = "FMLE/3.0 (compatible; nonstop)"
 # A window below this would make us acknowledge every few bytes: refuse it as a protocol error.
 MIN_WINDOW_ACK_SIZE = 1024
+
+# Enhanced RTMP's connect (veovera enhanced-rtmp v2, "Enhancing NetConnection connect Command"): a client that
+# declares E-RTMP (fourCcList, [audio|video]FourCcInfoMap or capsEx in its command object) is told, in the
+# _result's properties object, what the server does with each codec. nonstop relays every codec's bytes
+# unchanged (it decodes none): fourCcList names the FourCCs whose headers it reads (keyframes, sequence
+# headers, codec info), and the info maps say CanForward for every codec ("*").
+ERTMP_FOURCC_LIST = ("av01", "vp09", "vp08", "hvc1", "avc1", "vvc1", "ac-3", "ec-3", "Opus", ".mp3", "fLaC",
+                     "mp4a")
+ERTMP_CONNECT_KEYS = ("fourCcList", "videoFourCcInfoMap", "audioFourCcInfoMap", "capsEx")
+FOURCC_CAN_FORWARD = 0x04          # FourCcInfoMask: CanDecode 0x01, CanEncode 0x02, CanForward 0x04
+CAPS_EX_MULTITRACK = 0x02          # CapsExMask: Reconnect 0x01 (we never ask a client to reconnect),
+CAPS_EX_MODEX = 0x04               # Multitrack 0x02, ModEx 0x04, TimestampNanoOffset 0x08 (passed, not used)
+
+
+def enhanced_connect_properties(command_object: dict) -> dict:
+    """The E-RTMP properties of our connect _result, or {} for a client that did not declare E-RTMP (its
+    answer stays byte for byte what legacy clients always got)."""
+    if not isinstance(command_object, dict) or not any(k in command_object for k in ERTMP_CONNECT_KEYS):
+        return {}
+    return {"fourCcList": list(ERTMP_FOURCC_LIST),
+            "videoFourCcInfoMap": {"*": float(FOURCC_CAN_FORWARD)},
+            "audioFourCcInfoMap": {"*": float(FOURCC_CAN_FORWARD)},
+            "capsEx": float(CAPS_EX_MULTITRACK | CAPS_EX_MODEX)}
+
+
+# What a server session lets a peer cost it (issue 10, items 3, 4 and 7). A client is *identified* once it is
+# publishing or playing; before that it is anybody on the internet who completed a TCP handshake.
+# - Set Chunk Size below SRS's minimum (SRS_CONSTS_RTMP_MIN_CHUNK_SIZE, the spec's initial size) is refused:
+#   no known client goes below 128, and 1-byte chunks turn every byte into a header parse.
+MIN_PEER_CHUNK_SIZE = 128
+# - Bytes a peer may send after the handshake before it is identified. connect, createStream and publish or
+#   play take 1-3 KB from ffmpeg, OBS and Flash; past this the peer is only making us work. It also bounds, by
+#   construction, what an unidentified client can make the reader hold (partials plus unparsed bytes).
+MAX_BYTES_BEFORE_IDENTIFIED = 64 * 1024
+# - Message size and partial-message bytes for a peer that is not publishing (a player only sends commands):
+#   a publisher gets the full caps (chunk.py) when its publish is accepted, since keyframes can be megabytes.
+MAX_MESSAGE_UNPUBLISHED = 32 * 1024
+MAX_PARTIAL_UNPUBLISHED = 32 * 1024
+# - Chunks parsed per receive_data() call. The rest waits in the reader (`input_pending`) for the shell to
+#   call receive_data(b"") on its loop's next turn, so one connection's read never holds the loop for more than
+#   about a millisecond of parsing (4 chunks of a 256 KiB read at chunk size 60000; 1024 chunks of 128 bytes).
+MAX_CHUNKS_PER_CALL = 1024
 
 
 class RtmpError(ProtocolError):
@@ -155,6 +197,7 @@ class Media:
 @dataclass(slots=True)
 class Connected:
     info: dict
+    properties: dict = field(default_factory=dict)   # the _result's first object (fmsVer, E-RTMP caps)
 
 
 @dataclass(slots=True)
@@ -236,6 +279,12 @@ class RtmpSession:
         else:
             self.handshake = ClientHandshake(random_bytes=random_bytes)
         self.reader = ChunkReader()
+        if role == SERVER:
+            self.reader.min_chunk_size = MIN_PEER_CHUNK_SIZE
+            self.reader.max_message_size = MAX_MESSAGE_UNPUBLISHED
+            self.reader.max_partial_bytes = MAX_PARTIAL_UNPUBLISHED
+        # Server role: publishing or playing was accepted once; until then MAX_BYTES_BEFORE_IDENTIFIED applies.
+        self.identified = role == CLIENT
         self.writer = ChunkWriter()
         # The chunk size this session will announce and use for everything it sends once connected.
         self.out_chunk_size = out_chunk_size
@@ -287,7 +336,10 @@ class RtmpSession:
                     self._queued_after_handshake.clear()
                 if not data:
                     return []
-            messages = self.reader.feed(data)
+            if not self.identified and self.reader.bytes_received + len(data) > MAX_BYTES_BEFORE_IDENTIFIED:
+                raise RtmpError(f"more than {MAX_BYTES_BEFORE_IDENTIFIED} bytes sent before publishing or "
+                                f"playing")
+            messages = self.reader.feed(data, MAX_CHUNKS_PER_CALL if self.role == SERVER else None)
             events: list = []
             for message in messages:
                 self._handle_message(message, events)
@@ -304,6 +356,11 @@ class RtmpSession:
         out = b"".join(self._out)
         self._out.clear()
         return out
+
+    @property
+    def input_pending(self) -> bool:
+        """receive_data() stopped at its chunk budget: call receive_data(b"") again (on a later loop turn)."""
+        return self.reader.input_pending
 
     @property
     def handshake_done(self) -> bool:
@@ -427,11 +484,17 @@ class RtmpSession:
                                  "Stream is now unpublished")
                 self.publishing_stream_id = 0
         elif name in ("deleteStream", "closeStream"):
+            # Answered as nginx-rtmp answers, on a connection that stays open: a publisher gets
+            # NetStream.Unpublish.Success, a player the StreamEOF user control. Clients that wait for the
+            # answer before they close (GStreamer's rtmpsrc, through librtmp) otherwise sit out their timeout.
             if self.publishing_stream_id:
                 events.append(Unpublish(self.publishing_stream_id))
+                self.send_status(self.publishing_stream_id, "status", "NetStream.Unpublish.Success",
+                                 "Stream is now unpublished")
                 self.publishing_stream_id = 0
             if self.playing_stream_id:
                 events.append(StopPlay(self.playing_stream_id))
+                self._send_control(MSG_USER_CONTROL, struct.pack(">HI", UC_STREAM_EOF, self.playing_stream_id))
                 self.playing_stream_id = 0
         elif name == "getStreamLength":
             self._send_command(CSID_CONNECTION, 0, "_result", tid, None, 0.0)
@@ -448,8 +511,9 @@ class RtmpSession:
         self._send_control(MSG_SET_PEER_BANDWIDTH, struct.pack(">IB", PEER_BANDWIDTH, PEER_BANDWIDTH_DYNAMIC))
         self.set_out_chunk_size(self.out_chunk_size)
         data = {"version": __version__, "server": SERVER_NAME, **self.server_info}
-        self._send_command(CSID_CONNECTION, 0, "_result", request.transaction_id,
-                           {"fmsVer": FMS_VERSION, "capabilities": 127.0, "mode": 1.0},
+        properties = {"fmsVer": FMS_VERSION, "capabilities": 127.0, "mode": 1.0}
+        properties.update(enhanced_connect_properties(request.command_object))
+        self._send_command(CSID_CONNECTION, 0, "_result", request.transaction_id, properties,
                            {"level": "status", "code": "NetConnection.Connect.Success",
                             "description": "Connection succeeded", "objectEncoding": self.object_encoding,
                             "data": amf0.EcmaArray(data)})
@@ -468,6 +532,10 @@ class RtmpSession:
 
     def accept_publish(self, request: PublishRequest) -> None:
         self.publishing_stream_id = request.stream_id
+        self.identified = True
+        # A publisher's keyframes may be megabytes, interleaved with audio: the full caps from here on.
+        self.reader.max_message_size = MAX_MESSAGE_SIZE
+        self.reader.max_partial_bytes = MAX_PARTIAL_BYTES
         if request.fmle:
             self._send_command(CSID_STREAM, 0, "onFCPublish", 0.0, None,
                                {"code": "NetStream.Publish.Start", "description": "Started publishing stream."})
@@ -480,6 +548,7 @@ class RtmpSession:
     def accept_play(self, request: PlayRequest) -> None:
         """StreamBegin, Play.Reset, Play.Start, |RtmpSampleAccess (srs-reference.md §3). No Data.Start."""
         self.playing_stream_id = request.stream_id
+        self.identified = True
         self.send_stream_begin(request.stream_id)
         self.send_status(request.stream_id, "status", "NetStream.Play.Reset",
                          "Playing and resetting stream.")
@@ -568,7 +637,8 @@ class RtmpSession:
             if kind == "connect":
                 if name == "_result":
                     self.state = CONNECTED
-                    events.append(Connected(info))
+                    properties = values[2] if len(values) > 2 and isinstance(values[2], dict) else {}
+                    events.append(Connected(info, dict(properties)))
                 else:
                     events.append(ConnectRejected(info, _redirect_of(info)))
             elif kind == "createStream":
@@ -632,6 +702,7 @@ class RtmpSession:
             "fmle_seen": self.fmle_seen,
             "publishing_stream_id": self.publishing_stream_id,
             "playing_stream_id": self.playing_stream_id,
+            "identified": self.identified,
             "next_transaction_id": self.next_transaction_id,
             "pending": {str(k): v for k, v in self.pending.items()},
         }
@@ -667,6 +738,9 @@ class RtmpSession:
         self.fmle_seen = snap["fmle_seen"]
         self.publishing_stream_id = snap["publishing_stream_id"]
         self.playing_stream_id = snap["playing_stream_id"]
+        # Absent from an older build's snapshot: a session publishing or playing there was identified.
+        self.identified = snap.get("identified", self.role == CLIENT or bool(self.publishing_stream_id
+                                                                              or self.playing_stream_id))
         self.next_transaction_id = snap["next_transaction_id"]
         self.pending = {int(k): v for k, v in snap["pending"].items()}
         return self

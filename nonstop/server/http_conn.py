@@ -2,8 +2,12 @@
 
 `GET /live/s.flv` (per `http_remux.mount`) answers 200 `video/x-flv` with CORS, then the FLV header, the
 metadata, the sequence headers, the GOP and the live tags, from the same per-format bytes every other FLV player
-gets. The body runs until the connection closes (no Content-Length, no chunked framing), which srs-reference.md
-§7 allows and which lets the tags go out as shared bytes with no per-player framing.
+gets. An HTTP/1.1 body is chunked, as SRS sends it, one chunk per flush around the shared bytes, so its end is
+explicit; an HTTP/1.0 body runs until the connection closes (srs-reference.md §7 allows both).
+
+When the publisher leaves, a player waits `http_remux.republish_window` ms for the next one (a reconnecting
+encoder) and goes on with the source's continuous timeline; after the window, or at once during a graceful quit,
+the body ends cleanly (the chunked terminator, then close). RTMP players are told UnpublishNotify instead.
 
 Requests that are not FLV go to the API application when the API shares this port (set by the worker), else
 get 404.
@@ -12,17 +16,24 @@ get 404.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import time
+import urllib.parse
 
 import httptools
 
 from nonstop import SERVER_NAME
-from nonstop.log import log
+from nonstop.access.state import ConnAccess
+from nonstop.log import log, quote
 from nonstop.media.consumer import Consumer
 from nonstop.media.packet import FORMAT_FLV
 from nonstop.media.registry import new_id, source_key
 from nonstop.protocol import flv
+from nonstop.console import pages as console_pages
+from nonstop.server.names import name_problem
+from nonstop.reset import reset
+from nonstop.server import static
 from nonstop.server import hls_http
 
 # A request head larger than this is refused: an FLV GET is a few hundred bytes (h11 picks 16 KiB too).
@@ -32,6 +43,24 @@ _CORS = ("Access-Control-Allow-Origin: *\r\n"
          "Access-Control-Allow-Methods: GET, HEAD, OPTIONS\r\n"
          "Access-Control-Allow-Headers: *\r\n"
          "Access-Control-Expose-Headers: Server\r\n")
+# What an FLV URL answers; anything else gets 405 with this Allow (OPTIONS is the CORS preflight, answered apart).
+FLV_METHODS = ("GET", "HEAD")
+_ENCODED_SLASH = re.compile(rb"%2f", re.IGNORECASE)
+
+
+def decode_path(raw: bytes) -> tuple[str, str | None]:
+    """The request path percent-decoded once (RFC 3986 §2.1: `a%20b` is `a b`, `a%2520b` is `a%20b`), and the
+    reason it cannot name a stream, or None. Refused: a path that is not UTF-8 after decoding, one with control
+    characters (server/names.py), and an encoded slash, which would turn one path segment into two (Apache
+    refuses it too, AllowEncodedSlashes Off): the mount's [stream] is the last segment, so a stream name never
+    holds a slash."""
+    problem = "an encoded slash (%2F)" if _ENCODED_SLASH.search(raw) else None
+    data = urllib.parse.unquote_to_bytes(raw)
+    try:
+        path = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("utf-8", "replace"), "bytes that are not UTF-8 once percent-decoded"
+    return path, problem or name_problem(path)
 
 
 def mount_pattern(mount: str, vhost_name: str) -> re.Pattern:
@@ -60,7 +89,7 @@ class HttpConnection(asyncio.Protocol):
         self.head_bytes = 0
         self.buffered: list[bytes] = []
         self.role = ""
-        self.source = None
+        self._source = None          # until the consumer exists; then the consumer's (see `source`)
         self.consumer: Consumer | None = None
         self.vhost = None
         self.app = ""
@@ -75,15 +104,30 @@ class HttpConnection(asyncio.Protocol):
         self.recv_bytes = 0
         self.handing_over = False
         self.restored: dict | None = None
+        self._held_eof = False
         self.wanted = None          # (method, vhost, app, stream) of a play waiting for a handover
-        self.waited = False
+        self.complete = False       # the request was read whole (and answered, handed on, or playing)
+        self.left_behind = False
+        self.access = ConnAccess()  # what access control granted and is owed (nonstop/access)
+
+    @property
+    def source(self):
+        """The stream this player plays: its consumer's (one owner; Worker.adopt_source moves it)."""
+        if self.consumer is not None:
+            return self.consumer.source
+        return self._source
+
+    @source.setter
+    def source(self, value) -> None:
+        self._source = value
 
     # ----- asyncio callbacks -------------------------------------------------------------------------------
 
     def connection_made(self, transport) -> None:
         self.transport = transport
         if self.restored is not None:
-            self._resume_restored()
+            # Taken over: nothing is read or written until the whole batch commits (transfer.py, I3).
+            transport.pause_reading()
             return
         peer = transport.get_extra_info("peername")
         self.ip = peer[0] if peer else ""
@@ -99,12 +143,18 @@ class HttpConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._respond(400, "Bad Request")
+            # Raised after the request was read whole (on_message_complete answered it: 501 for WebSocket);
+            # nonstop speaks no other protocol on this connection, so what follows the request is ignored.
+            if not self.complete:
+                self._respond(400, "Bad Request")
         except httptools.HttpParserError as e:
             log.warn(self.cid, f"bad HTTP request from {self.ip}: {e}")
             self._respond(400, "Bad Request")
 
     def eof_received(self):
+        if self.restored is not None:
+            self._held_eof = True       # staged by a handover batch: acted on once it commits
+            return True
         self.close("client closed the connection")
         return False
 
@@ -138,25 +188,47 @@ class HttpConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self.closed:
             return  # a pipelined request after one that was answered or handed to the API (it has the bytes)
+        self.complete = True
         method = self.parser.get_method().decode("latin-1")
         try:
             parsed = httptools.parse_url(self.url)
         except httptools.HttpParserInvalidURLError:
             self._respond(400, "Bad Request")
             return
-        path = (parsed.path or b"/").decode("utf-8", "replace")
+        raw_path = parsed.path or b"/"
+        path, problem = decode_path(raw_path)
         self.query = (parsed.query or b"").decode("utf-8", "replace")
         if method == "OPTIONS":
             self._respond(200, "OK", body=b"")
             return
-        match = self.worker.match_flv(path) if method in ("GET", "HEAD") else None
+        match = self.worker.match_flv(path)
         if match is None:
             if method in ("GET", "HEAD") and hls_http.serve(self, method, path, self.query):
                 return  # HLS from memory (nonstop/server/hls_http.py)
+            page = console_pages.answer(method, path, self.worker.config)    # /console/, /players/, /
+            if page is not None:
+                self._write(page)
+                self.close("answered a console page")
+                return
+            if method in ("GET", "HEAD") and self._static(method, parsed.path or b"/"):
+                return
             if self.worker.api_app_for(self.listener) is not None:
                 self._hand_to_api()
                 return
             self._respond(404, "Not Found")
+            return
+        if problem is not None:
+            log.warn(self.cid, f"flv request refused: path {quote(raw_path.decode('latin-1'))} has {problem}, "
+                               f"ip={self.ip}")
+            self._respond(400, "Bad Request", body=f"400 Bad Request: the path has {problem}\n".encode())
+            return
+        if method not in FLV_METHODS:
+            self._respond(405, "Method Not Allowed", headers=f"Allow: {', '.join(FLV_METHODS)}\r\n")
+            return
+        if self.headers.get("upgrade", "").strip().lower() == "websocket":
+            log.trace(self.cid, f"flv request refused: WebSocket-FLV is not served, path {quote(path)}, ip={self.ip}")
+            self._respond(501, "Not Implemented",
+                          body=b"501 Not Implemented: nonstop serves HTTP-FLV over plain HTTP, not WebSocket-FLV\n")
             return
         vhost, app, stream = match
         self._play(method, vhost, app, stream)
@@ -164,20 +236,26 @@ class HttpConnection(asyncio.Protocol):
     # ----- HTTP-FLV ----------------------------------------------------------------------------------------
 
     def _play(self, method: str, vhost, app: str, stream: str) -> None:
+        if self.worker.access.flv_request(self, method, vhost, app, stream):
+            return  # asking for a verdict, or refused (403)
         if self.worker.cluster.on_flv_play(self, method, vhost, app, stream):
             return  # answered by the origin cluster (302 or 404)
         now = time.monotonic()
         source = self.worker.registry.get(vhost.name, app, stream)
-        if (source is None or source.publisher is None) and not self.waited:
+        if source is None or source.publisher is None:
+            # During an upgrade's handover the stream may be on its way: wait until its publisher is
+            # attached here, or the handover ends (Worker.retry_waiting_flv), instead of a 404.
             self.wanted = (method, vhost, app, stream)
             if self.worker.wait_for_takeover(self):
                 return
         if source is None or source.publisher is None:
-            log.trace(self.cid, f"flv play {vhost.name}/{app}/{stream}: not published, 404")
+            log.trace(self.cid, f"flv play {quote(source_key(vhost.name, app, stream))}: not published, 404")
             self._respond(404, "Not Found")
             return
+        chunked = self.parser.get_http_version() != "1.0"
         head = ("HTTP/1.1 200 OK\r\n"
                 "Content-Type: video/x-flv\r\n"
+                + ("Transfer-Encoding: chunked\r\n" if chunked else "") +
                 f"Server: {SERVER_NAME}\r\n"
                 "Cache-Control: no-cache\r\n"
                 "Connection: close\r\n" + _CORS + "\r\n").encode()
@@ -192,10 +270,15 @@ class HttpConnection(asyncio.Protocol):
         has_video = source.video_sh is not None or source.info.video_codec is not None
         if not has_audio and not has_video:
             has_audio = has_video = True
-        self._write(head + flv.file_header(has_audio, has_video))
+        file_header = flv.file_header(has_audio, has_video)
+        if chunked:
+            file_header = b"%x\r\n%s\r\n" % (len(file_header), file_header)
+        self._write(head + file_header)
         self.consumer = Consumer(source, FORMAT_FLV, self)
+        self.consumer.chunked = chunked
         self.consumer.start(now)
-        log.trace(self.cid, f"flv play {source.key} ip={self.ip}" + (f", query={self.query}" if self.query else ""))
+        log.trace(self.cid, f"flv play {quote(source.key)} ip={self.ip}"
+                            + (f", query={quote(self.query)}" if self.query else ""))
 
     @property
     def wanted_key(self):
@@ -205,15 +288,28 @@ class HttpConnection(asyncio.Protocol):
         return source_key(vhost.name, app, stream)
 
     def retry_play(self) -> None:
-        """After waiting for an upgrade's handover (worker.wait_for_takeover): play now, or 404."""
-        self.waited = True
+        """After waiting for an upgrade's handover (worker.wait_for_takeover): play now, wait on, or 404."""
         self._play(*self.wanted)
 
     def on_source_unpublish(self) -> None:
-        pass  # an FLV body has no status messages: the player waits for the next publisher's tags
+        """An FLV body has no status messages: wait `republish_window` for the next publisher (the sweep ends
+        the body after it), or end now during a graceful quit."""
+        window = self.vhost.http_remux.republish_window if self.vhost is not None else 0
+        if self.worker.draining or not window:
+            self.end_body("the publisher left" + (" during a graceful quit" if self.worker.draining else ""))
+        else:
+            self.deadline = time.monotonic() + window / 1000
 
     def on_source_publish(self) -> None:
-        pass
+        self.deadline = None     # republished within the window: the timeline goes on
+
+    def end_body(self, reason: str) -> None:
+        """End the FLV body cleanly: the chunked terminator (an HTTP/1.0 body ends with the FIN), then close."""
+        if self.closed:
+            return
+        if self.consumer is not None and self.consumer.chunked:
+            self._write(b"0\r\n\r\n")
+        self.close(reason)
 
     # ----- what the origin cluster decided (nonstop/cluster/manager.py), after Cluster.on_flv_play ----------
 
@@ -233,8 +329,30 @@ class HttpConnection(asyncio.Protocol):
         self.close("answered 302")
 
     def kick(self, reason: str) -> None:
+        """Disconnect now: reset, not drained (a kicked player may never read; see nonstop/reset.py)."""
         log.warn(self.cid, f"kick: {reason}")
-        self.close(reason)
+        self.close(reason, abort=True)
+
+    def _static(self, method: str, raw_path: bytes) -> bool:
+        """A file from `http_server.dir` (nonstop/server/static.py), after the FLV mounts; the API's paths stay
+        the API's when it shares this port. True when answered."""
+        url_path = raw_path.decode("utf-8", "replace")
+        if self.worker.api_app_for(self.listener) is not None and static.is_api_path(url_path):
+            return False
+        root = self.worker.config.http_server.dir
+        if not root or not os.path.isdir(root):
+            return False
+        self.deadline = None        # the body may take longer than a request may
+        return static.serve(self, method, url_path, self.headers, root)
+
+    # ----- access control (nonstop/access/gate.py) ----------------------------------------------------------
+
+    def resume_access(self, request) -> None:
+        """The verdict allowed the play: go on with it."""
+        self._play(*request)
+
+    def refuse_access(self, action: str, request, reason: str) -> None:
+        self._respond(403, "Forbidden")
 
     # ----- plumbing ----------------------------------------------------------------------------------------
 
@@ -244,11 +362,12 @@ class HttpConnection(asyncio.Protocol):
         self.closed = True
         self.worker.api_app_for(self.listener).adopt(self.transport, b"".join(self.buffered))
 
-    def _respond(self, status: int, reason: str, body: bytes | None = None) -> None:
+    def _respond(self, status: int, reason: str, body: bytes | None = None, headers: str = "") -> None:
+        """A whole answer, then close. `headers`: more header lines, each ending in CRLF."""
         if body is None:
             body = f"{status} {reason}\n".encode()
         head = (f"HTTP/1.1 {status} {reason}\r\nServer: {SERVER_NAME}\r\nContent-Type: text/plain\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n" + _CORS + "\r\n").encode()
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n" + headers + _CORS + "\r\n").encode()
         self._write(head + body)
         self.close(f"answered {status}")
 
@@ -270,10 +389,25 @@ class HttpConnection(asyncio.Protocol):
             self.transport.write(data)
 
     def check_deadline(self, now: float) -> None:
-        if not self.closed and self.deadline is not None and now >= self.deadline:
+        if self.closed:
+            return
+        if self.left_behind:
+            if self.deadline is not None and now >= self.deadline:
+                self.close("left behind by an upgrade's handover")
+            return
+        if self.role == "play":
+            if self.source is None or self.source.publisher is not None or self.handing_over:
+                return
+            if self.worker.draining:
+                self.end_body("no publisher during a graceful quit")
+            elif self.deadline is not None and now >= self.deadline:
+                self.end_body(f"no publisher within republish_window={self.vhost.http_remux.republish_window} ms")
+            return
+        if self.deadline is not None and now >= self.deadline:
             self.close("no complete request in time")
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: str, abort: bool = False) -> None:
+        """Close gracefully (what was written still goes out), or with `abort` reset the socket at once."""
         if self.closed:
             return
         self.closed = True
@@ -282,7 +416,10 @@ class HttpConnection(asyncio.Protocol):
             self.control_bytes += self.consumer.bytes_sent
             self.worker.closed_dropped += self.consumer.dropped     # for /metrics' dropped messages
             self.consumer = None
-        if self.transport is not None:
+        self.worker.access.closed(self)     # what the hook server is owed (on_stop / on_close)
+        if abort or self.left_behind:
+            reset(self.transport)       # a kick, or a left-behind connection whose bound is up
+        elif self.transport is not None:
             self.transport.close()
         if self.role:
             log.trace(self.cid, f"close flv player ip={self.ip}, alive={time.monotonic() - self.created_at:.2f}s, "
@@ -296,13 +433,12 @@ class HttpConnection(asyncio.Protocol):
     def begin_handover(self) -> None:
         self.handing_over = True
         if self.consumer is not None:
-            self.source.consumers.discard(self.consumer)
+            self.consumer.detach()
 
     def cancel_handover(self) -> None:
         self.handing_over = False
-        if not self.closed and self.consumer is not None and self.source is not None:
-            self.source.consumers.add(self.consumer)
-            self.consumer.flush(time.monotonic())
+        if not self.closed and self.consumer is not None:
+            self.consumer.reattach(time.monotonic())
 
     def finish_handover(self) -> None:
         self.closed = True
@@ -312,6 +448,13 @@ class HttpConnection(asyncio.Protocol):
         self.transport.abort()
         log.trace(self.cid, "handed over to the new worker")
 
+    def leave_behind(self, deadline: float, source_gone: bool) -> None:
+        """Left here by the handover alone (transfer.py I5): it drains, and is cut at `deadline`."""
+        self.handing_over = False
+        if not self.closed:
+            self.left_behind = True
+            self.deadline = deadline
+
     def snapshot(self) -> dict:
         return {"kind": self.kind, "cid": self.cid, "listener": self.listener, "ip": self.ip, "role": self.role,
                 "vhost": self.vhost.name if self.vhost is not None else None, "app": self.app,
@@ -319,34 +462,54 @@ class HttpConnection(asyncio.Protocol):
                 "source_key": self.source.key if self.source is not None else None,
                 "consumer": self.consumer.snapshot() if self.consumer is not None else None,
                 "created_at": self.created_at, "created_wall": self.created_wall,
-                "control_bytes": self.control_bytes, "recv_bytes": self.recv_bytes}
+                "control_bytes": self.control_bytes, "recv_bytes": self.recv_bytes, "deadline": self.deadline,
+                "access": self.access.snapshot()}
 
     @classmethod
-    def restore(cls, worker, snap: dict) -> "HttpConnection":
+    def restore(cls, worker, snap: dict, source=None) -> "HttpConnection":
+        """An FLV player from a handover snapshot, with its stream's source from the same batch. Raises on a
+        snapshot that does not fit (transfer.py refuses the whole batch then, I3)."""
         self = cls(worker, snap["listener"])
         self.cid, self.ip, self.role = snap["cid"], snap["ip"], snap["role"]
         if snap["vhost"] is not None:
             self.vhost = worker.config.vhosts.get(snap["vhost"]) or worker.config.vhost_for(None)
         self.app, self.stream, self.query = snap["app"], snap["stream"], snap["query"]
-        if snap["source_key"] is not None:
-            self.source = worker.registry.sources.get(snap["source_key"])
+        if source is None or snap["source_key"] != source.key or snap["consumer"] is None:
+            raise ValueError(f"an FLV player of {snap['source_key']} came without its source or position")
+        self._source = source
         self.created_at, self.created_wall = snap["created_at"], snap["created_wall"]
         self.control_bytes, self.recv_bytes = snap["control_bytes"], snap["recv_bytes"]
-        self.deadline = None
+        self.deadline = snap.get("deadline")      # a republish window in progress (monotonic: system-wide)
+        self.access = ConnAccess.restore(snap.get("access"))
         self.restored = snap
         return self
 
-    def _resume_restored(self) -> None:
+    def resume_takeover(self, rejoin=None) -> None:
+        """The batch committed (transfer.py): register, attach at the position, write again. With `rejoin`
+        (a live source here that replaces the one it came with) it restarts there from the latest keyframe."""
         snap, self.restored = self.restored, None
+        if self.closed:
+            return      # it went away while staged (a reset): nothing to register
         self.worker.register_restored(self)
-        if self.source is None or snap["consumer"] is None:
-            self.close("handed over without its source")
-            return
-        self.consumer = Consumer(self.source, snap["consumer"]["fmt"], self)
+        if rejoin is not None:
+            self._source = rejoin
+        self.consumer = Consumer(self._source, snap["consumer"]["fmt"], self)
         self.consumer.restore_counters(snap["consumer"])
-        self.consumer.attach(snap["consumer"]["position"])
+        if rejoin is not None:
+            self.consumer.start(time.monotonic())
+        else:
+            self.consumer.attach(snap["consumer"]["position"])
+        self.transport.resume_reading()
         self.consumer.flush(time.monotonic())
-        log.trace(self.cid, f"taken over: flv play {self.source.key}")
+        log.trace(self.cid, f"taken over: flv play {self._source.key}")
+        if self._held_eof:
+            self.close("client closed the connection")
+
+    def abandon_takeover(self) -> None:
+        """The batch did not commit: let go of our copy of the socket without a FIN (the sender keeps it)."""
+        self.restored = None
+        self.closed = True
+        self.transport.abort()
 
     @property
     def send_bytes(self) -> int:

@@ -19,6 +19,7 @@ import sys
 import uvloop
 
 from nonstop import SERVER_NAME
+from nonstop.api.metrics import worker_totals
 from nonstop.config import ConfigError, EMBEDDED, load
 from nonstop.handover import transfer, wire  # noqa: F401  (imported at start, decision 9)
 from nonstop.log import log
@@ -161,7 +162,7 @@ class SingleProcess:
     async def _hand_over(self, target: str) -> None:
         self.serving.close_media_listeners()
         self.listeners.close_all()
-        stats = await transfer.hand_over(self.worker, target)
+        stats = await transfer.hand_over(self.worker, target, totals=lambda: worker_totals(self.worker))
         log.trace("main", f"handover done: {stats.as_dict()}")
         self.serving.quit(graceful=False)
 

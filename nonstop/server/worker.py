@@ -14,6 +14,7 @@ import socket
 import time
 
 from nonstop import SERVER_NAME
+from nonstop.access.gate import Access
 from nonstop.cluster.manager import Cluster
 from nonstop.log import log
 from nonstop.master.sockets import RTMP as LISTENER_RTMP   # listener kinds are the master's (master/sockets.py)
@@ -27,6 +28,9 @@ from nonstop.server.rtmp_conn import RtmpConnection
 FLUSH_TICK_S = 0.05
 # Deadlines (handshake, publisher timeouts) and idle sources are checked once a second.
 SWEEP_EVERY_S = 1.0
+# A tick this late means the process did not run (SIGSTOP, a VM pause, a swapped-out page storm): the sockets
+# hold data nobody has read yet, so the sweep waits for the loop to poll them once before judging anyone idle.
+LATE_TICK_S = 0.5
 
 
 class Worker:
@@ -56,6 +60,7 @@ class Worker:
         # earlier worker counted (api/metrics.py), and the handover under way as the receiving worker.
         self.generation = 1
         self.upgrade_info: dict | None = None
+        self.workers_info: list[dict] = []      # the master's worker list, as it last told (master/upgrading.py)
         self.carried_totals: dict = {}
         self.taking_over = False
         self.adopted_sources = 0
@@ -67,6 +72,9 @@ class Worker:
         self.apply_config(config)
         # Origin cluster and edge (nonstop/cluster): hooks in the connections, the sweep and stop.
         self.cluster = Cluster(self)
+        # Access control (nonstop/access): security, refer, signed URLs, http_hooks. It reads the config in
+        # force at each question, so a reload applies to new requests; granted verdicts are kept.
+        self.access = Access(self)
 
     # ----- configuration ---------------------------------------------------------------------------------
 
@@ -134,6 +142,7 @@ class Worker:
         source = self.registry.fetch_or_create(
             vhost.name, app, stream, now,
             gop_cache=play.gop_cache, gop_cache_max_frames=play.gop_cache_max_frames,
+            gop_cache_max_bytes=play.gop_cache_max_bytes,
             queue_length_ms=int(play.queue_length * 1000), time_jitter=play.time_jitter,
             mw_latency_ms=play.mw_latency, mw_msgs=play.mw_msgs, min_latency=vhost.min_latency)
         if source.hls is None and vhost.hls.enabled:
@@ -153,17 +162,31 @@ class Worker:
 
     async def _tick(self) -> None:
         next_sweep = time.monotonic() + SWEEP_EVERY_S
+        last = time.monotonic()
+        deferred = False
         while True:
             await asyncio.sleep(FLUSH_TICK_S)
             now = time.monotonic()
+            late = now - last - FLUSH_TICK_S
+            last = now
             try:
                 for source in list(self.registry.sources.values()):
                     if source.consumers and source.has_unflushed() and \
                             (now - source.flushed_at) * 1000 >= source.mw_latency_ms:
                         source.flush(now)
                 if now >= next_sweep:
-                    next_sweep = now + SWEEP_EVERY_S
-                    self.sweep(now)
+                    if late > LATE_TICK_S and not deferred:
+                        # Read before judging: this timer may have fired before the I/O that piled up during
+                        # the stall was polled. The next tick comes after at least one poll of every socket (and
+                        # a publisher's unread bytes also spare it in check_deadline). Deferred once only, so
+                        # a loop that is late at every tick (overload) still sweeps.
+                        deferred = True
+                        log.warn("tick", f"the worker did not run for {late:.1f}s; deadline checks wait for the "
+                                         f"pending input to be read")
+                    else:
+                        deferred = False
+                        next_sweep = now + SWEEP_EVERY_S
+                        self.sweep(now)
             except Exception as e:  # the tick must never die: log it and go on
                 log.error("tick", f"tick failed: {e!r}")
 
@@ -194,6 +217,9 @@ class Worker:
     # ----- handover ---------------------------------------------------------------------------------------
 
     def adopt_source(self, source) -> None:
+        """A source handed over by an upgrade's old worker (transfer.py registers it with its connections in
+        one step). Players that joined here before it arrived move to it: their consumer is the one owner of
+        which source they play (the connections ask it), so the next handover moves them with it too."""
         self.adopted_sources += 1
         if self.on_adopt_source is not None:
             self.on_adopt_source(self.adopted_sources)
@@ -207,18 +233,20 @@ class Worker:
                 # From a build or a config without HLS: start segmenting here, at the next keyframe.
                 source.hls = Segmenter(settings_from_config(vhost.hls), source.vhost, source.app, source.stream,
                                        self.hls_index, cid=source.id)
-        if existing is not None:
+        if existing is not None and existing is not source:
             # Players that joined here before the handover restart on the handed-over source, at its GOP.
             now = time.monotonic()
+            existing.on_idle = None
             for consumer in list(existing.consumers):
+                existing.consumers.discard(consumer)
                 consumer.source = source
                 consumer.start(now)
         self.cluster.adopt_source(source)   # an edge source: re-establish its upstream (nonstop/cluster)
-        self.retry_waiting_flv(source.key)
 
     def wait_for_takeover(self, conn) -> bool:
-        """An HTTP-FLV play of a stream not here yet, while an upgrade's handover is under way: the stream may
-        be on its way, so the play waits for it (until the handover ends) instead of a 404."""
+        """An HTTP-FLV play of a stream not here yet (or here without its publisher), while an upgrade's
+        handover is under way: the stream may be on its way, so the play waits for it (until its publisher is
+        attached, or the handover ends) instead of a 404."""
         if not self.taking_over:
             return False
         self._waiting_flv.append(conn)
@@ -234,12 +262,12 @@ class Worker:
                 continue
             conn.retry_play()
 
-    async def adopt_connection(self, snap: dict, fd: int) -> None:
-        sock = socket.socket(fileno=fd)
-        sock.setblocking(False)
+    def restore_connection(self, snap: dict, source):
+        """A connection restored from a handover snapshot, of the stream whose source comes in the same batch
+        (None for a connection with no stream). Raises if it cannot be restored; nothing is registered
+        until transfer.py commits the batch."""
         cls = RtmpConnection if snap["kind"] == "rtmp" else HttpConnection
-        conn = cls.restore(self, snap)
-        await asyncio.get_running_loop().connect_accepted_socket(lambda: conn, sock=sock)
+        return cls.restore(self, snap, source)
 
     def register_restored(self, conn) -> None:
         self.conns[conn.cid] = conn
@@ -257,5 +285,6 @@ class Worker:
         await self.close_listeners()
         await self.cluster.stop()
         self.close_all("server quit")
+        await self.access.stop()    # the notifications the closes owe, bounded by the hook timeout
 
 

@@ -26,6 +26,7 @@ import socket
 
 import uvloop
 
+from nonstop.api.metrics import worker_totals
 from nonstop.config import ConfigError, load
 from nonstop.handover import transfer, wire  # noqa: F401  (imported at start, decision 9)
 from nonstop.log import log
@@ -167,7 +168,7 @@ class WorkerProcess:
         if stats.carried:
             self.worker.carried_totals = stats.carried
         log.trace("worker", f"takeover done: {stats.handed_over} connections")
-        self.channel.send("taken_over", handed_over=stats.handed_over)
+        self.channel.send("taken_over", handed_over=stats.handed_over, refused=stats.refused)
 
     def _crash_on_second_source(self, count: int) -> None:
         if count >= 2:
@@ -176,7 +177,11 @@ class WorkerProcess:
 
     async def _hand_over(self, fds: list[int]) -> None:
         """The master's order to an upgrade's old worker: stop accepting, hand everything over on the socket
-        that came with the order, then drain what is left (bounded by grace_max_wait) and exit."""
+        that came with the order, then drain what is left (bounded by grace_max_wait) and exit.
+
+        If the handover broke, this worker serves its listeners again and reports `handover_failed` with the
+        figures: when nothing moved the master rolls back (kills the new worker); once anything moved it keeps
+        the new worker and orders this one to drain (transfer.py I4: what moved is never killed)."""
         if len(fds) != 1 or self.serving.quitting is not None:
             _close_fds(fds)
             self.channel.send("handover_failed", error="no handover socket" if len(fds) != 1 else "quitting")
@@ -184,9 +189,16 @@ class WorkerProcess:
         sock = socket.socket(fileno=fds[0])
         self.channel.send("handover_started")
         await self.serving.retire()
-        stats = await transfer.hand_over_on(self.worker, sock)
+        try:
+            stats = await transfer.hand_over_on(self.worker, sock, totals=lambda: worker_totals(self.worker))
+        except Exception as e:  # hand_over_on never raises; if it ever did, serve again rather than freeze
+            log.error("worker", f"the handover failed: {e!r}")
+            stats = transfer.HandoverStats()
+            stats.broken = f"{e!r}"
+            sock.close()
         if stats.broken:
-            log.error("worker", f"the handover broke ({stats.broken}); serving again what was not moved")
+            log.error("worker", f"the handover broke ({stats.broken}) after {stats.handed_over} connections "
+                                f"moved; serving again what was not moved")
             await self.serving.unretire()
             self.channel.send("handover_failed", error=stats.broken, stats=stats.as_dict(),
                               per_conn=stats.per_conn_s)
@@ -251,6 +263,8 @@ class WorkerProcess:
                 self.worker.generation = message["generation"]
             if isinstance(message.get("upgrade"), dict):
                 self.worker.upgrade_info = message["upgrade"]
+            if isinstance(message.get("workers"), list):
+                self.worker.workers_info = message["workers"]
         else:
             _close_fds(fds)
             log.warn("worker", f"unknown order {op!r} from the master; ignored")

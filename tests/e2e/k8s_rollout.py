@@ -45,6 +45,10 @@ from tests.helpers import ROOT, port_open, wait_for
 # the edge's grace_start_wait (5 s) covers it. The simulation removes the endpoint this long after the deletion.
 ENDPOINT_PROPAGATION_S = 2.0
 PROBE_TIMEOUT_FLOOR_S = 1.0
+# A process's start does not scale with the simulation: two Python processes (master, worker) start in 0.2-1.0 s
+# here, more on a loaded machine, while a scaled initialDelaySeconds of 5 s is 0.5 s. The liveness probe's first
+# look waits at least this long, as the real 5 s does for a real start.
+PROBE_DELAY_FLOOR_S = 2.0
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 
 
@@ -279,7 +283,9 @@ class Kubelet:
         url = f"http://{pod.ip}:{pod.ports['api']}{probe['httpGet']['path']}"
         return (url, probe.get("periodSeconds", 10) * self.scale,
                 max(PROBE_TIMEOUT_FLOOR_S, probe.get("timeoutSeconds", 1) * self.scale),
-                probe.get("initialDelaySeconds", 0) * self.scale, probe.get("failureThreshold", 3))
+                max(PROBE_DELAY_FLOOR_S, probe.get("initialDelaySeconds", 0) * self.scale)
+                if kind == "livenessProbe" else probe.get("initialDelaySeconds", 0) * self.scale,
+                probe.get("failureThreshold", 3))
 
     def _readiness(self, pod: Pod) -> None:
         url, period, timeout, delay, _ = self._probe_args(pod, "readinessProbe")

@@ -55,14 +55,40 @@ def test_t_on_broken_configs_names_the_line(tmp_path, text, line, words):
     assert f"{conf}:{line}" in result.stderr and words in result.stderr, result.stderr
 
 
-def test_config_that_enables_http_hooks_is_refused(tmp_path):
+def test_http_hooks_pass_and_a_malformed_hook_url_or_on_forward_is_refused_with_file_and_line(tmp_path):
     conf = tmp_path / "hooks.conf"
     conf.write_text("listen 1935;\nvhost __defaultVhost__ {\n  http_hooks {\n    enabled on;\n"
                     "    on_publish http://127.0.0.1:8085/api/v1/streams;\n  }\n}\n")
+    assert run_nonstop("-t", "-c", str(conf)).returncode == 0
+    conf.write_text("listen 1935;\nvhost __defaultVhost__ {\n  http_hooks {\n    enabled on;\n"
+                    "    on_publish 127.0.0.1:8085/api/v1/streams;\n  }\n}\n")
     for args in (("-t", "-c", str(conf)), ("-c", str(conf))):
         result = run_nonstop(*args)
         assert result.returncode == 3, result
-        assert "http_hooks" in result.stderr
+        assert f"{conf}:5: http_hooks.on_publish: malformed hook URL" in result.stderr
+    conf.write_text("listen 1935;\nvhost __defaultVhost__ {\n  forward {\n    enabled on;\n"
+                    "    backend http://127.0.0.1:8085/api/v1/forward;\n  }\n}\n")
+    result = run_nonstop("-t", "-c", str(conf))
+    assert result.returncode == 3 and f"{conf}:5: 'forward.backend' (SRS's on_forward hook)" in result.stderr
+
+
+def test_sign_prints_a_signed_url_the_server_accepts_and_refuses_bad_usage(tmp_path):
+    from nonstop.access import signed
+    conf = tmp_path / "signed.conf"
+    conf.write_text("listen 1935;\nvhost __defaultVhost__ {\n"
+                    "  signed_url { enabled on; key k7 0123456789abcdef0123; }\n}\n")
+    result = run_nonstop("sign", "-c", str(conf), "--publish", "--expires", "1900000000",
+                         "rtmp://example.com/live/cam?x=1")
+    assert result.returncode == 0, result.stderr
+    url, _, token = result.stdout.strip().partition("&nstoken=")
+    assert url == "rtmp://example.com/live/cam?x=1" and token.startswith("k7.1900000000.0.")
+    assert signed.check({"k7": "0123456789abcdef0123"}, token, "publish", "__defaultVhost__", "live", "cam",
+                        "1.2.3.4", 1_800_000_000) is None
+    flv = run_nonstop("sign", "-c", str(conf), "--ip", "10.0.0.1", "http://example.com:8080/live/cam.flv")
+    assert "/live/cam.flv?nstoken=k7." in flv.stdout and ".1." in flv.stdout
+    assert run_nonstop("sign", "rtmp://example.com/live/cam").returncode == 2          # no secret
+    assert run_nonstop("sign", "-c", str(conf), "ftp://x/live/cam").returncode == 2
+    assert run_nonstop("sign", "-c", str(conf), "--key", "k9", "rtmp://h/live/cam").returncode == 2
 
 
 def test_srs_only_directives_warn_but_start(tmp_path):

@@ -1,6 +1,7 @@
 """The config package, as a specification: SRS syntax and semantics, exact FILE:LINE errors, includes,
 SRS directives nonstop lacks, refused access control, environment overrides, the default, and diff."""
 
+import os
 import textwrap
 
 import pytest
@@ -86,8 +87,8 @@ def test_an_srs_conf_with_hls_and_dvr_loads_with_warnings_naming_file_and_line()
         "srs.conf:10: 'http_api.raw_api' is an SRS directive nonstop does not support; ignored",
         "srs.conf:17: 'rtc_server' is an SRS directive nonstop does not support; ignored",
         "srs.conf:28: 'dvr' is an SRS directive nonstop does not support; ignored",
-        "srs.conf:41: 'http_hooks' is an SRS directive nonstop does not support; ignored (it is off)",
     ]
+    assert vhost.http_hooks.on_publish == ["http://127.0.0.1:8085/api/v1/streams"] and not vhost.http_hooks.enabled
 
 
 def test_hls_block_reads_srs_directives_with_srs_defaults():
@@ -365,36 +366,88 @@ def test_vhost_needs_one_name_and_a_block():
     assert error("listen 1935;\nvhost a;\n") == "nonstop.conf:2: 'vhost' needs a block: vhost NAME { ... }"
 
 
-# ---- access control is never quietly dropped ----
+# ---- access control (the parsing; the checks are tests/unit/test_access*.py) ----
 
-@pytest.mark.parametrize("block, dropping", [
-    ("http_hooks", "authentication"),
-    ("security", "its allow/deny rules"),
-    ("refer", "its referer checks"),
-])
-def test_enabled_access_control_is_refused(block, dropping):
-    text = f"listen 1935;\nvhost v {{\n  {block} {{\n    enabled on;\n  }}\n}}\n"
-    assert error(text) == (f"nonstop.conf:4: '{block}' is enabled, but nonstop does not support it yet; "
-                           f"refusing to start rather than silently dropping {dropping}")
+def test_http_hooks_take_srs_full_conf_lists_in_order():
+    config = conf("""listen 1935;
+vhost v {
+    http_hooks {
+        enabled on;
+        on_connect http://127.0.0.1:8085/api/v1/clients http://localhost:8085/api/v1/clients;
+        on_close http://127.0.0.1:8085/api/v1/clients;
+        on_publish http://127.0.0.1:8085/api/v1/streams https://h.example/x?y=1;
+        on_unpublish http://127.0.0.1:8085/api/v1/streams;
+        on_play http://127.0.0.1:8085/api/v1/sessions;
+        on_stop http://127.0.0.1:8085/api/v1/sessions;
+        on_dvr http://127.0.0.1:8085/api/v1/dvrs;
+        on_hls http://127.0.0.1:8085/api/v1/hls;
+        on_hls_notify http://127.0.0.1:8085/api/v1/hls/[server_id]/[app]/[stream]/[ts_url][param];
+        timeout 1500;
+        max_inflight 32;
+    }
+}
+""")
+    hooks = config.vhosts["v"].http_hooks
+    assert hooks.enabled and hooks.timeout == 1500 and hooks.max_inflight == 32
+    assert hooks.on_connect == ["http://127.0.0.1:8085/api/v1/clients", "http://localhost:8085/api/v1/clients"]
+    assert hooks.on_publish == ["http://127.0.0.1:8085/api/v1/streams", "https://h.example/x?y=1"]
+    assert hooks.on_dvr == ["http://127.0.0.1:8085/api/v1/dvrs"] and config.warnings == []
 
 
-def test_refer_rules_are_refused_even_without_enabled():
-    assert error("listen 1935;\nvhost v { refer {\n  play github.com; } }\n") == (
-        "nonstop.conf:3: 'refer' has 'play' rules, but nonstop does not support it yet; "
-        "refusing to start rather than silently dropping its referer checks")
-    assert error("listen 1935;\nvhost v {\n refer_publish a.com; }\n").startswith(
-        "nonstop.conf:3: 'refer_publish' sets referer rules, but nonstop does not support it yet")
+@pytest.mark.parametrize("url", ["127.0.0.1:8085/api", "ftp://h/x", "http://", "http://h:99999/x", "http:///x"])
+def test_a_malformed_hook_url_is_an_error_with_file_and_line(url):
+    text = f"listen 1935;\nvhost v {{\n  http_hooks {{\n    enabled on;\n    on_play http://ok/x {url};\n  }}\n}}\n"
+    message = error(text)
+    assert message.startswith("nonstop.conf:5: http_hooks.on_play: malformed hook URL "), message
+
+
+def test_http_hooks_refuse_unknown_directives_a_repeated_event_and_on_forward():
+    assert error("listen 1935;\nvhost v { http_hooks {\n on_bogus http://a/b; } }\n") == (
+        "nonstop.conf:3: unknown directive 'http_hooks.on_bogus'")
+    assert error("listen 1935;\nvhost v { http_hooks { on_play http://a/b;\n on_play http://c/d; } }\n").startswith(
+        "nonstop.conf:3: 'http_hooks.on_play' given twice")
+    assert "not supported by nonstop" in error(
+        "listen 1935;\nvhost v { forward { enabled on;\n backend http://127.0.0.1:8085/api/v1/forward; } }\n")
+    assert error("listen 1935;\nvhost v { http_hooks {\n timeout 0; } }\n").startswith(
+        "nonstop.conf:3: http_hooks.timeout: 0 out of range 1..60000")
 
 
 def test_a_later_enabled_on_is_not_hidden_by_an_earlier_off():
-    assert error("listen 1935;\nvhost v { security { enabled off;\n enabled on; } }\n").startswith(
-        "nonstop.conf:3: 'security' is enabled")
+    config = conf("listen 1935;\nvhost v { security { enabled off;\n enabled on; } }\n")
+    assert config.vhosts["v"].security.enabled
 
 
-def test_disabled_access_control_is_a_warning():
-    config = conf("listen 1935;\nvhost v { security { enabled off; allow play all; } }\n")
-    assert config.warnings == ["nonstop.conf:2: 'security' is an SRS directive nonstop does not support; "
-                               "ignored (it is off)"]
+def test_security_rules_keep_their_order_and_refuse_what_is_not_an_ip():
+    from nonstop.config.schema import SecurityRule
+    sec = conf("listen 1935;\nvhost v { security { enabled on; deny publish 10.0.0.0/8; allow play all;\n"
+               "allow publish ::1; allow publish 2001:db8::/32; } }\n").vhosts["v"].security
+    assert sec.rules == [SecurityRule(False, "publish", "10.0.0.0/8"), SecurityRule(True, "play", "all"),
+                         SecurityRule(True, "publish", "::1"), SecurityRule(True, "publish", "2001:db8::/32")]
+    assert error("listen 1935;\nvhost v { security {\n allow publish 10.0.0.300; } }\n") == (
+        "nonstop.conf:3: security.allow: expected all, an IP or a CIDR, got '10.0.0.300'")
+    assert error("listen 1935;\nvhost v { security {\n deny record all; } }\n") == (
+        "nonstop.conf:3: security.deny: expected publish or play, got 'record'")
+
+
+def test_refer_block_and_srs_1_spellings():
+    ref = conf("listen 1935;\nvhost v { refer { enabled on; all github.com github.io; play a.com; } }\n"
+               ).vhosts["v"].refer
+    assert ref.enabled and ref.all == ["github.com", "github.io"] and ref.play == ["a.com"] and ref.publish is None
+    old = conf("listen 1935;\nvhost v { refer x.com;\n refer_publish p.com; refer_play q.com; }\n").vhosts["v"].refer
+    assert old.enabled and old.all == ["x.com"] and old.publish == ["p.com"] and old.play == ["q.com"]
+    assert error("listen 1935;\nvhost v { refer {\n none a.com; } }\n") == (
+        "nonstop.conf:3: unknown directive 'refer.none'")
+
+
+def test_signed_url_keys():
+    signed = conf("listen 1935;\nvhost v { signed_url { enabled on; key k2 0123456789abcdef0123; "
+                  "key k1 fedcba9876543210fedc; play off; } }\n").vhosts["v"].signed_url
+    assert signed.enabled and list(signed.keys) == ["k2", "k1"] and signed.publish and not signed.play
+    assert error("listen 1935;\nvhost v {\n signed_url { enabled on; } }\n") == (
+        "nonstop.conf:3: signed_url is enabled but has no 'key ID SECRET;'")
+    assert "shorter than 16" in error("listen 1935;\nvhost v { signed_url {\n key k1 short; } }\n")
+    assert "key id 'k' given twice" in error(
+        "listen 1935;\nvhost v { signed_url {\n key k 0123456789abcdef0; key k 0123456789abcdef1; } }\n")
 
 
 # ---- includes ----
@@ -428,8 +481,10 @@ def test_include_of_a_missing_file_names_the_including_line(tmp_path):
     (tmp_path / "main.conf").write_text("listen 1935;\n\ninclude nowhere.conf;\n")
     with pytest.raises(ConfigError) as info:
         load(str(tmp_path / "main.conf"), env={})
-    assert str(info.value) == (f"{tmp_path / 'main.conf'}:3: include: cannot read "
-                               f"'{tmp_path / 'nowhere.conf'}': No such file or directory")
+    assert str(info.value) == (f"{tmp_path / 'main.conf'}:3: include: cannot read 'nowhere.conf': not beside "
+                               f"the including file, as '{tmp_path / 'nowhere.conf'}' (No such file or directory), "
+                               f"nor in the working directory {os.getcwd()!r}, as 'nowhere.conf' (No such file "
+                               f"or directory)")
 
 
 def test_include_loops_are_errors(tmp_path):
@@ -523,9 +578,13 @@ def test_env_naming_an_unsupported_srs_directive_is_a_warning():
     ]
 
 
-def test_access_control_enabled_from_the_environment_is_refused():
-    assert error("listen 1935;\n", env={"SRS_VHOST_HTTP_HOOKS_ENABLED": "on"}).startswith(
-        "<env SRS_VHOST_HTTP_HOOKS_ENABLED>:0: 'http_hooks' is enabled, but nonstop does not support it yet")
+def test_access_control_from_the_environment_as_srs_reads_it():
+    config = conf("listen 1935;\n", env={"SRS_VHOST_HTTP_HOOKS_ENABLED": "on",
+                                          "SRS_VHOST_HTTP_HOOKS_ON_PUBLISH": "http://a/1 http://b/2"})
+    hooks = config.vhosts[DEFAULT_VHOST].http_hooks
+    assert hooks.enabled and hooks.on_publish == ["http://a/1", "http://b/2"]
+    assert error("listen 1935;\n", env={"SRS_VHOST_HTTP_HOOKS_ON_PLAY": "nope"}).startswith(
+        "<env SRS_VHOST_HTTP_HOOKS_ON_PLAY>:0: http_hooks.on_play: malformed hook URL")
 
 
 def test_every_directive_has_its_own_env_name():

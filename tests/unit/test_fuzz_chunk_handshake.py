@@ -96,6 +96,40 @@ def test_any_encoded_messages_read_back_whatever_the_split(messages, chunk_size,
 
 
 @settings(max_examples=300, deadline=None)
+@given(st.lists(message_strategy, max_size=6), st.integers(1, 300), st.lists(st.integers(0, 5000), max_size=6),
+       st.integers(1, 8))
+def test_a_chunk_budget_per_feed_changes_when_messages_come_never_which(messages, chunk_size, cuts, budget):
+    """The per-call budget (issue 10 item 7): every feed parses at most `budget` chunks, feed(b"") goes on, and
+    the messages are the same, in the same order, as without a budget."""
+    wire = b"".join(encode_message(c, t, ts, sid, p, chunk_size) for c, t, ts, sid, p in messages)
+    reader = ChunkReader(chunk_size=chunk_size)
+    got = []
+    for piece in split(wire, cuts):
+        got += reader.feed(piece, max_chunks=budget)
+        while reader.input_pending:
+            got += reader.feed(b"", max_chunks=budget)
+    assert [(m.csid, m.type_id, m.timestamp % 2**32, m.stream_id, m.payload) for m in got] == messages
+    assert reader.buffered() == b"" and reader.partial_bytes == 0
+
+
+@settings(max_examples=400, deadline=None)
+@given(chunkish(), st.lists(st.integers(0, 4000), max_size=8), st.integers(1, 4))
+def test_chunk_reader_with_a_minimum_chunk_size_and_budget_stays_within_its_caps(data, cuts, budget):
+    """A server's reader (minimum chunk size 128, small caps, a chunk budget) on chunk-shaped garbage: messages
+    or ChunkError, never more than `budget` chunks' worth of messages per call, never a chunk size below 128."""
+    reader = ChunkReader(min_chunk_size=128, **SMALL_CAPS)
+    try:
+        for piece in split(data, cuts):
+            for feed_data in (piece, b"", b""):
+                messages = reader.feed(feed_data, max_chunks=budget)
+                assert len(messages) <= budget
+                assert reader.chunk_size >= 128
+                assert 0 <= reader.partial_bytes <= SMALL_CAPS["max_partial_bytes"]
+    except ChunkError:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=2 * HANDSHAKE_SIZE + 200), st.lists(st.integers(0, 4000), max_size=8),
        st.booleans())
 def test_server_handshake_on_arbitrary_bytes_returns_bytes_or_raises_and_stays_bounded(data, cuts, valid_c0):

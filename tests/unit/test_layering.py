@@ -11,9 +11,9 @@ PACKAGE = Path(__file__).resolve().parents[2] / "nonstop"
 
 # Each room may import only rooms of a lower rank (and itself). Equal ranks do not import each other.
 RANK = {
-    "nonstop": 0, "log": 0,                 # the package's root: version, name, the logger
-    "protocol": 1, "config": 1,
-    "media": 2, "master": 2,                # master: processes, signals, listening sockets; no media, no serving
+    "nonstop": 0, "log": 0, "reset": 0,     # the package's root: version, name, the logger, the socket reset
+    "protocol": 1, "config": 1, "console": 1,   # console: the web console's files (served by server, api)
+    "media": 2, "master": 2, "access": 2,   # master: processes, signals, listening sockets; no media, no serving
     "cluster": 3,
     "api": 4, "handover": 4,
     "server": 5, "bench": 5,

@@ -338,6 +338,22 @@ def test_a_worker_that_keeps_dying_is_restarted_with_a_doubling_delay_up_to_the_
     assert delays[0] == BACKOFF_MIN_S
 
 
+def test_a_serving_worker_that_dies_while_an_old_one_drains_is_replaced(make, logged):
+    """An upgrade's old worker still draining (a never-reading player left behind) does not serve the
+    listeners: the serving worker's death must start a new one all the same (found by the chaos test)."""
+    h = make()
+    old = h.master.live_workers()[0]
+    old.state = RETIRING
+    new = h.ready(h.spawn())
+    h.exit(new, -9)
+    (delay, name), = h.loop.pending()
+    assert name == "_respawn"
+    h.loop.advance(delay)
+    serving = h.master.serving_workers()
+    assert len(serving) == 1 and serving[0] is not new and serving[0] is not old
+    assert old in h.master.live_workers()
+
+
 def test_a_worker_that_served_long_enough_starts_the_backoff_over(make):
     h = make()
     for _ in range(3):
@@ -617,7 +633,9 @@ def test_a_port_still_held_at_start_is_tried_again_until_it_is_free(monkeypatch,
     try:
         listeners.open(config)
         assert list(listeners.sockets) == [f"rtmp 127.0.0.1:{port}"]
-        assert "Address already in use; trying again in 0.05s (1/5)" in logged.getvalue()
+        text = logged.getvalue()
+        assert f"Address already in use: 127.0.0.1:{port} (listen" in text
+        assert "; trying again in 0.05s (1/5)" in text
     finally:
         releaser.join()
         listeners.close_all()

@@ -214,6 +214,14 @@ def test_a_window_ack_size_below_1024_is_a_protocol_error(role, size):
 @pytest.mark.parametrize("size", [1024, 4096, rtmp.WINDOW_ACK_SIZE])
 def test_a_window_ack_size_of_1024_or_more_is_followed(size):
     server, client, _, _ = connected_pair()
+    # A publisher: only an identified client may send more than the pre-identify byte cap (64 KiB).
+    client.create_stream()
+    ev_client, _ = pump(client, server)
+    stream_id = [e for e in ev_client if isinstance(e, rtmp.StreamCreated)][0].stream_id
+    client.publish(stream_id, "s")
+    _, ev_server = pump(client, server)
+    server.accept_publish([e for e in ev_server if isinstance(e, rtmp.PublishRequest)][0])
+    pump(client, server)
     server.receive_data(window_ack(size))
     assert server.peer_window_ack_size == size and server.state == rtmp.CONNECTED
     server.data_to_send()

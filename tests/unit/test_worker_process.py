@@ -18,7 +18,7 @@ from nonstop.config import load_text
 from nonstop.log import log
 from nonstop.master.channel import Channel, socketpair
 from nonstop.server import worker_main
-from nonstop.server.listeners import bind_listener
+from nonstop.master.sockets import bind_listener
 from nonstop.server.worker_main import WorkerProcess
 
 pytestmark = pytest.mark.timeout(30)
