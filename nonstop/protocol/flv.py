@@ -260,6 +260,7 @@ CODECS_WITH_PACKET_TYPE = (7, 12, 13)
 # Enhanced RTMP (veovera enhanced-rtmp v1/v2) video: byte 0 = IsExHeader (1 bit) | FrameType (3 bits) |
 # VideoPacketType (4 bits); then ModEx blocks, the Multitrack byte, FourCC(s) and per-track ids and sizes.
 VIDEO_EX_HEADER = 0x80
+EX_FOURCC_END = 5      # a single-track E-RTMP header's FourCC is payload[1:5]
 PACKET_SEQUENCE_START = 0
 PACKET_CODED_FRAMES = 1
 PACKET_SEQUENCE_END = 2
