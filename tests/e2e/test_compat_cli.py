@@ -42,17 +42,22 @@ def test_srs_include_sample_runs_from_its_folder_and_a_missing_include_names_bot
     assert f"working directory '{tmp_path}'" in result.stderr
 
 
-def test_a_switched_off_refer_block_starts_and_an_enabled_one_is_refused(tmp_path):
+def test_srs_refer_blocks_start_switched_off_or_on(tmp_path):
+    """SRS's sample refer block, switched off (issue 11, item 9) and on (checked since access control, issue 12)."""
     conf = tmp_path / "refer.conf"
     conf.write_text("listen 1935;\nvhost __defaultVhost__ {\n    refer {\n        enabled off;\n"
                     "        all github.com github.io;\n        publish github.com;\n        play github.com;\n"
                     "    }\n}\n")
     result = nonstop("-t", "-c", str(conf), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "'refer' is an SRS directive nonstop does not support; ignored (it is off)" in result.stdout + result.stderr
+    assert "test is successful" in result.stdout
     conf.write_text(conf.read_text().replace("enabled off", "enabled on"))
     result = nonstop("-t", "-c", str(conf), cwd=tmp_path)
-    assert result.returncode == 3 and "'refer' is enabled" in result.stderr
+    assert result.returncode == 0, result.stderr
+    conf.write_text(conf.read_text().replace("play github.com;", "play;"))
+    result = nonstop("-t", "-c", str(conf), cwd=tmp_path)
+    assert result.returncode == 3, result.stdout + result.stderr
+    print(result.stderr.strip())
 
 
 @pytest.mark.parametrize("busy, directive", [("rtmp", "listen"), ("http", "http_server.listen"),
