@@ -97,7 +97,8 @@ def test_srs_only_directives_warn_but_start(tmp_path):
                     "  dvr { enabled off; }\n}\nstats { network 0; }\n")
     result = run_nonstop("-t", "-c", str(conf))
     assert result.returncode == 0, result.stderr
-    assert "'hls'" in result.stderr and "'stats'" in result.stderr
+    # hls is served since issue 13 (no warning); dvr and stats are still SRS-only.
+    assert "'dvr'" in result.stderr and "'stats'" in result.stderr and "'hls'" not in result.stderr
 
 
 def test_env_config_path_is_used(tmp_path):

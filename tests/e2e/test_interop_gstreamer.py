@@ -28,6 +28,9 @@ def test_gstreamer_rtmpsrc_plays_then_stops_within_seconds(test_flv):
         player = None
         try:
             wait_for(lambda: "publish __defaultVhost__/live/s" in server.log(), 20, what="the publisher")
+            # rtmpsrc's flvdemux makes its video pad from what comes first: a play that starts before the video's
+            # sequence header arrived (within ms of the publish) gets no video pad and stops "not-linked".
+            wait_for(lambda: stream_has_video(server), 20, what="the stream's video")
             # -e: on SIGINT, send EOS and stop the pipeline as an application would.
             player = subprocess.Popen(["gst-launch-1.0", "-e", "rtmpsrc", f"location={server.rtmp_url('s')} live=1",
                                        "!", "flvdemux", "name=d", "d.video", "!", "queue", "!", "fakesink"],
@@ -51,6 +54,11 @@ def test_gstreamer_rtmpsrc_plays_then_stops_within_seconds(test_flv):
                 player.kill()
                 player.wait(5)
             stop_proc(publisher)
+
+
+def stream_has_video(server: Server) -> bool:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.api_port}/api/v1/streams", timeout=5) as r:
+        return any(s.get("video") and s.get("frames", 0) > 0 for s in json.load(r)["streams"])
 
 
 def player_bytes(server: Server) -> int:
