@@ -101,7 +101,9 @@ def decode(ffmpeg: str, url: str, seconds: float) -> dict[str, int]:
 
 @pytest.mark.parametrize("codec, name, profile, level", [
     ("hevc", "HEVC", "Main", "1"), ("av1", "AV1", "Main", "2.0"),
-    ("vp9", "VP9", "Profile0", "1"),   # VP9's size comes from its first keyframe
+    # VP9's size comes from its first keyframe. Beyond the issue's HEVC and AV1: in make test-long, to keep make test
+    # under 15 minutes.
+    pytest.param("vp9", "VP9", "Profile0", "1", marks=pytest.mark.long),
 ])
 def test_publish_play_decode_and_codec_in_the_api(server, ffmpeg9, codec, name, profile, level):
     started = time.monotonic()

@@ -385,7 +385,7 @@ LL_LATENCY_BOUND_S = 3.0
 
 
 @pytest.mark.skipif(not CHROMIUM, reason="Chromium is not installed (make test-deps installs it)")
-@pytest.mark.parametrize("body", [HLS_BODY, FMP4_BODY, pytest.param(LL_BODY, marks=[pytest.mark.long, pytest.mark.xfail(
+@pytest.mark.parametrize("body", [HLS_BODY, pytest.param(FMP4_BODY, marks=pytest.mark.long), pytest.param(LL_BODY, marks=[pytest.mark.long, pytest.mark.xfail(
     reason="known issue: hls.js in lowLatencyMode stalls on our LL-HLS playlist (bufferStalledError, "
            "bufferSeekOverHole) although the parts' timeline has no hole (checked with ffprobe)", strict=False)])],
     ids=["ts", "fmp4", "ll-hls"])
