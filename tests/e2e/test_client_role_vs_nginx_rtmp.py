@@ -6,51 +6,23 @@ Edges and the load generator use this client, so it must publish to and play fro
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
-import textwrap
 
 import pytest
 
 from nonstop.protocol import rtmp
-from tests.helpers import free_port, port_open, wait_for
+from tests.e2e.test_interop_nginx_rtmp import start_nginx, stop_nginx
 from tests.rtmp_client import AVC_HEADER, AVC_INTER, AVC_KEYFRAME, RtmpTestClient
 
 pytestmark = pytest.mark.timeout(60)
 
-RTMP_MODULE = "/usr/lib/nginx/modules/ngx_rtmp_module.so"
-
 
 @pytest.fixture
 def nginx_rtmp(tmp_path):
-    if not shutil.which("nginx"):
-        pytest.fail("nginx is not installed: `make test` installs nginx and libnginx-mod-rtmp with apt-get")
-    port = free_port()
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(textwrap.dedent(f"""\
-        load_module {RTMP_MODULE};
-        daemon off;
-        master_process off;
-        pid {tmp_path}/nginx.pid;
-        error_log {tmp_path}/error.log info;
-        events {{ worker_connections 256; }}
-        rtmp {{
-            server {{
-                listen 127.0.0.1:{port};
-                chunk_size 4096;
-                application live {{ live on; }}
-            }}
-        }}
-        """))
-    proc = subprocess.Popen(["nginx", "-p", str(tmp_path), "-c", str(conf), "-e", f"{tmp_path}/error.log"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc, port = start_nginx(tmp_path, "application live { live on; }\n")
     try:
-        wait_for(lambda: port_open(port) or proc.poll() is not None, 10, what="nginx-rtmp to listen")
-        assert proc.poll() is None, proc.stderr.read().decode()
         yield port
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop_nginx(proc)
 
 
 def test_client_publishes_to_and_plays_from_nginx_rtmp(nginx_rtmp):
