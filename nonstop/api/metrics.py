@@ -23,7 +23,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector, CollectorRegistry
 
 # The keys of worker_totals(), which `worker.carried_totals` may also hold.
-TOTAL_KEYS = ("accepted", "rejected", "send_bytes", "recv_bytes", "dropped", "sources_created", "sources_freed")
+TOTAL_KEYS = ("accepted", "rejected", "send_bytes", "recv_bytes", "dropped", "sources_created", "sources_freed",
+              "access_refused", "hook_calls", "hook_refused")
 BYTES_PER_KB = 1024
 
 
@@ -38,6 +39,12 @@ def worker_totals(worker) -> dict[str, int]:
     own = {"accepted": worker.accepted_total, "rejected": worker.rejected_total, "send_bytes": send,
            "recv_bytes": recv, "dropped": dropped, "sources_created": worker.registry.created_total,
            "sources_freed": worker.registry.freed_total}
+    access = getattr(worker, "access", None)
+    if access is not None:
+        own.update(access_refused=access.refused_total, hook_calls=access.hooks.calls_total,
+                   hook_refused=access.hooks.refused_total)
+    else:
+        own.update(access_refused=0, hook_calls=0, hook_refused=0)
     carried = getattr(worker, "carried_totals", None) or {}
     return {key: value + int(carried.get(key, 0)) for key, value in own.items()}
 
@@ -103,6 +110,17 @@ class NonstopCollector(Collector):
                                   value=totals["dropped"])
         yield CounterMetricFamily("nonstop_sources_created", "Sources created.", value=totals["sources_created"])
         yield CounterMetricFamily("nonstop_sources_freed", "Idle sources freed.", value=totals["sources_freed"])
+        yield CounterMetricFamily("nonstop_access_refused", "Publishes and plays refused by security, refer, a "
+                                  "signed URL or an http hook.", value=totals["access_refused"])
+        yield CounterMetricFamily("nonstop_http_hook_calls", "http_hooks calls made.", value=totals["hook_calls"])
+        yield CounterMetricFamily("nonstop_http_hook_refusals", "http_hooks calls that refused or failed (an "
+                                  "answer other than 0, an error, or no answer within the timeout).",
+                                  value=totals["hook_refused"])
+        access = getattr(worker, "access", None)
+        yield GaugeMetricFamily("nonstop_http_hook_in_flight", "http_hooks calls waiting for their answer now.",
+                                value=access.hooks.in_flight if access is not None else 0)
+        yield GaugeMetricFamily("nonstop_http_hook_worst_seconds", "The slowest http_hooks call this worker made.",
+                                value=access.hooks.worst_ms / 1000 if access is not None else 0)
         hls = [s.hls for s in sources if getattr(s, "hls", None) is not None and s.hls.playlist is not None]
         yield GaugeMetricFamily("nonstop_hls_streams", "Streams with an HLS playlist in memory.", value=len(hls))
         yield GaugeMetricFamily("nonstop_hls_memory_bytes", "Bytes of HLS segments in memory (listed, kept after "

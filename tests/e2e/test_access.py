@@ -167,6 +167,12 @@ def test_a_hook_server_that_is_down_or_slow_refuses_within_the_timeout():
         assert (status.level, status.code) == ("error", "NetStream.Play.Rejected")
         assert 0.4 <= took < 1.2, took
         assert "http hook on_play " + slow.url() + " refused: no answer within 400 ms" in server.log()
+        from tests.e2e.test_api import metrics
+        m = metrics(server.api_port)
+        print({k: v for k, v in m.items() if "hook" in k or "access" in k})
+        assert m["nonstop_http_hook_calls_total"] == 3, "quick, down, slow"
+        assert m["nonstop_http_hook_refusals_total"] == 2 and m["nonstop_access_refused_total"] == 2
+        assert m["nonstop_http_hook_in_flight"] == 0 and m["nonstop_http_hook_worst_seconds"] >= 0.35
     finally:
         server.stop()
         slow.stop()

@@ -239,6 +239,19 @@ def test_totals_carry_what_earlier_workers_counted():
     assert scrape(worker)["nonstop_connections_accepted_total"] == 42
 
 
+def test_access_and_hook_counters_are_in_metrics_and_carried_over():
+    worker = make_worker()
+    worker.access.refused_total = 3
+    worker.access.hooks.calls_total, worker.access.hooks.refused_total = 10, 4
+    worker.access.hooks.in_flight, worker.access.hooks.worst_ms = 2, 1500.0
+    worker.carried_totals = {"access_refused": 1, "hook_calls": 5}
+    m = scrape(worker)
+    assert m["nonstop_access_refused_total"] == 4
+    assert m["nonstop_http_hook_calls_total"] == 15 and m["nonstop_http_hook_refusals_total"] == 4
+    assert m["nonstop_http_hook_in_flight"] == 2 and m["nonstop_http_hook_worst_seconds"] == 1.5
+    assert worker_totals(worker)["hook_calls"] == 15
+
+
 # ----- /proc ----------------------------------------------------------------------------------------------------
 
 def test_proc_readers_see_this_process():
