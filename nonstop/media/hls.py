@@ -22,7 +22,9 @@ Choices where SRS differs or is silent:
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import time
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -88,6 +90,26 @@ def render(template: str, vhost: str, app: str, stream: str, seq: int | None = N
                            ("[999]", f"{wall_ms % 1000:03d}")):
             out = out.replace(key, value)
     return out.lstrip("/")
+
+
+@functools.lru_cache(maxsize=64)
+def m3u8_pattern(template: str, vhost: str) -> "re.Pattern | None":
+    """The inverse of render() for a playlist path (hls_m3u8_file): a regex with groups `app` and `stream`, or
+    None when the template does not name both (such a path cannot say which stream to pull on an edge)."""
+    if "[app]" not in template or "[stream]" not in template:
+        return None
+    pattern, seen = "", set()
+    for part in re.split(r"(\[vhost\]|\[app\]|\[stream\])", template.lstrip("/")):
+        if part == "[vhost]":
+            pattern += re.escape(vhost)
+        elif part in ("[app]", "[stream]"):
+            name = part[1:-1]
+            pattern += f"(?P={name})" if name in seen else \
+                (f"(?P<{name}>[^?#]+?)" if name == "app" else f"(?P<{name}>[^/?#]+)")
+            seen.add(name)
+        else:
+            pattern += re.escape(part)
+    return re.compile(pattern)
 
 
 class Segment:
