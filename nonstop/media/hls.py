@@ -230,6 +230,18 @@ class Segmenter:
             log.warn(self.cid, f"hls {self.m3u8_name}: bad sequence header, ignored: {e}")
             return
         setattr(self, attr, bytes(payload))
+        video = attr == "video_sh"
+        codec_of = flv.video_codec if video else flv.audio_codec
+        codec = codec_of(payload)
+        carried = self.muxer.video_codecs if video else self.muxer.audio_codecs
+        if codec not in carried:
+            # AV1, VP9, Opus...: no HLS segment here carries them (README: HLS). Said once per codec; a new
+            # configuration of a codec left out changes nothing in the segments.
+            if previous is not None and codec_of(previous) == codec:
+                return
+            log.warn(self.cid, f"hls {self.m3u8_name}: {'video' if video else 'audio'} codec {codec} is not carried "
+                               f"by HLS in {'fMP4' if self.fmp4 else 'MPEG-TS'} segments (only "
+                               f"{', '.join(carried)}): its frames are left out")
         if previous is not None:
             # New codec configuration: the next segment starts with it and tells players to reset.
             self._reap(timestamp)

@@ -122,7 +122,8 @@ class TestEdgeHls:
             assert result.audio, "no audio decoded"
             print(f"ffmpeg decoded {len(result.video)} video and {len(result.audio)} audio frames from E's m3u8")
             wait_for(lambda: time.monotonic() - started > 2 * LINGER_MS / 1000 + 2, 10, what="linger to pass")
-            assert len(pulls(a, "hls")) == 1, "the pull stopped while HLS viewers polled"
+            assert len(pulls(a, "hls")) == 1, "no pull while HLS viewers poll"
+            assert "edge pull __defaultVhost__/live/hls stopped" not in e.log(), "the pull stopped while they polled"
             polls["stop"] = True
             for poller in pollers:
                 poller.result(10)
