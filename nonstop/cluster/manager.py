@@ -335,9 +335,13 @@ class Cluster:
         vhost = self.worker.config.vhosts.get(source.vhost)
         if vhost is None or vhost.cluster.mode != MODE_EDGE or not vhost.cluster.origin:
             return
-        if source.publisher is None and source.consumers:
+        # A segmenter that never saw its publisher leave was fed by a pull when the source was handed over: its
+        # HLS viewers come back within a target duration, so the pull goes on for them (then linger, if not).
+        hls_live = source.hls is not None and source.hls.playlist is not None and source.hls.unpublished_at is None
+        if source.publisher is None and (source.consumers or hls_live):
             query, host = _first_request(source)
-            log.trace("cluster", f"edge pull {source.key}: players without an upstream, re-establishing it")
+            log.trace("cluster", f"edge pull {source.key}: {'players' if source.consumers else 'HLS viewers'} "
+                                 f"without an upstream, re-establishing it")
             self.ensure_ingester(vhost, source.app, source.stream, query, host, now)
         elif source.publisher is not None and not isinstance(source.publisher, EdgeIngester) \
                 and source.key not in self.forwarders and not getattr(source.publisher, "closed", False):

@@ -158,6 +158,28 @@ def test_an_origin_does_not_hold_a_playlist_request_for_a_stream_it_lacks():
     asyncio.run(scenario())
 
 
+def test_a_handed_over_source_whose_playlist_was_live_is_pulled_again_for_its_hls_viewers():
+    async def scenario():
+        worker = edge_worker()
+        try:
+            ask(worker, "/live/s.m3u8")
+            ingester = worker.cluster.ingesters["__defaultVhost__/live/s"]
+            feed_one_segment(ingester.source)
+            # What a new worker gets in a handover: the source and its segmenter, no upstream, no HLS session.
+            snap = ingester.source.snapshot()
+            await worker.cluster.stop()
+            new = edge_worker()
+            source = type(ingester.source).restore(snap, time.monotonic())
+            new.adopt_source(source)
+            assert source.hls.playlist is not None and not new.cluster.ingesters
+            new.sweep(time.monotonic())
+            assert new.cluster.ingesters["__defaultVhost__/live/s"].source is source
+            await new.cluster.stop()
+        finally:
+            await stopped(worker)
+    asyncio.run(scenario())
+
+
 # ----- the playlist path's inverse template ------------------------------------------------------------------
 
 NAME = st.text(st.sampled_from("abcxyz019-_."), min_size=1, max_size=12)
