@@ -288,6 +288,9 @@ def _hold(conn, method: str, path: str, query: str, segmenter, ready) -> None:
     # RFC 8216bis 6.2.5.2: a server that cannot answer within three target durations should answer anyway.
     limit = 3 * segmenter.settings["fragment_ms"] * segmenter.settings["td_ratio"] / 1000
     held = Held(conn, method, path, query, segmenter, time.monotonic() + limit)
+    # Its answer is due by the hold's deadline (the sweep answers it then), not by the connection's deadline for
+    # a request head (handshake_timeout, 10 s, shorter than 3 target durations of 10 s segments).
+    conn.deadline = None
     segmenter.waiters.append([ready, lambda: held.answer(True), held])
     conn.worker.hls_sessions.held.append(held)
 

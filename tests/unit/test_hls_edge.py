@@ -16,16 +16,19 @@ from nonstop.media.hls import Segmenter, m3u8_pattern, render, settings_from_con
 from nonstop.media.registry import SourceRegistry
 from nonstop.protocol.rtmp import MSG_VIDEO
 from nonstop.server import hls_http
+from nonstop.server.http_conn import HttpConnection
 from nonstop.server.worker import Worker
 from tests.unit.test_hls_http import AVC_SH, FakeConn, frame
+from tests.unit.test_upgrade_worker import FakeTransport
 
 FRAGMENT_S, WINDOW_S, LINGER_MS = 1, 3, 1000
 BOUND_S = 3 * FRAGMENT_S        # a held first-playlist request: 3 target durations
 
 
-def edge_worker(hls: str = "") -> Worker:
+def edge_worker(hls: str = "", top: str = "") -> Worker:
     config = load_text(f"""
         listen 19350;
+        {top}
         vhost __defaultVhost__ {{
             cluster {{ mode remote; origin 127.0.0.1:1; linger {LINGER_MS}; retry_min 60000; retry_max 60000; }}
             hls {{ enabled on; hls_fragment {FRAGMENT_S}; hls_window {WINDOW_S}; {hls} }}
@@ -175,6 +178,22 @@ def test_a_handed_over_source_whose_playlist_was_live_is_pulled_again_for_its_hl
             new.sweep(time.monotonic())
             assert new.cluster.ingesters["__defaultVhost__/live/s"].source is source
             await new.cluster.stop()
+        finally:
+            await stopped(worker)
+    asyncio.run(scenario())
+
+
+def test_a_held_request_outlives_the_connections_deadline_for_a_request_head():
+    async def scenario():
+        worker = edge_worker(top="handshake_timeout 2000;")     # shorter than the hold: 3 s
+        try:
+            conn, transport = HttpConnection(worker), FakeTransport()
+            conn.connection_made(transport)
+            conn.data_received(b"GET /live/s.m3u8 HTTP/1.1\r\nHost: x\r\n\r\n")
+            worker.sweep(time.monotonic() + 2.5)
+            assert not conn.closed and transport.data == b""
+            feed_one_segment(worker.cluster.ingesters["__defaultVhost__/live/s"].source)
+            assert transport.data.startswith(b"HTTP/1.1 200 OK") and not conn.closed
         finally:
             await stopped(worker)
     asyncio.run(scenario())
