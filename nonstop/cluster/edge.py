@@ -7,7 +7,8 @@ states and log lines are SRS's (srs_app_edge.cpp), so SRS users can grep the sam
 `edge change from 0 to state 200 (push).`, `edge change from 200 to state 0 (init).`
 
 **Pull.** The ingester is the source's publisher from the first player on, so every player of the stream,
-RTMP or HTTP-FLV, joins the one shared source: 100 players make one upstream connection. While the
+RTMP or HTTP-FLV, joins the one shared source: 100 players make one upstream connection. HLS viewers keep it
+too (Cluster.on_hls_play, Cluster.sweep): the source's segmenter cuts what the pull brings. While the
 upstream is gone the players stay, fed nothing; a new upstream session is joined on through Resync. When no
 player is left for `linger` ms, the pull stops and the source is freed like any idle one.
 
@@ -51,11 +52,14 @@ class EdgeIngester(UpstreamLink):
         self.state = EDGE_INIT
         self.resync = Resync()
         self.empty_since: float | None = None     # since when no player is left (linger)
+        # HLS requests were held for this pull's first segment (Cluster.on_hls_play): if none came by the time
+        # they gave up, the origin has nothing for them and the pull stops at once, with no linger.
+        self.hls_waited = False
         self.ip = ""                              # the origin's host, for APIs listing publishers
 
     def start(self, now: float) -> None:
         source = self.source
-        source.attach_publisher(self)
+        source.attach_publisher(self, now)
         self.state = EDGE_PLAY
         log.trace(self.cid, f"edge pull {self.key} from {', '.join(o.address for o in self.pool.origins)}"
                             + (f", query={self.query}" if self.query else ""))
@@ -101,7 +105,8 @@ class EdgeIngester(UpstreamLink):
 
     def snapshot(self) -> dict:
         snap = super().snapshot()
-        snap.update(state=self.state, resync=self.resync.snapshot(), empty_since=self.empty_since)
+        snap.update(state=self.state, resync=self.resync.snapshot(), empty_since=self.empty_since,
+                    hls_waited=self.hls_waited)
         return snap
 
 

@@ -8,6 +8,10 @@ The connection classes call three hooks, each a line long, and go on as usual wh
   here, maybe later".
 - `on_publish(conn, event)` from RtmpConnection's publish: on an edge, start the push to an origin; on an
   origin in a cluster, refuse with `NetStream.Publish.BadName` a stream a coworker already has.
+- `on_hls_play(path, query, host_header, now)` from hls_http.serve, for a playlist path no segmenter serves yet, and
+  `hls_pull(vhost, app, stream, query, host_header, now)` for every playlist request of a stream: on an edge, start or
+  join the stream's pull as a player does; the request is held by hls_http until the first segment (HLS
+  viewers are not consumers: the sweep asks the worker's HLS sessions which streams they watch).
 When the coworkers have answered, the connection is told what to do through its public methods (`play_local`,
 `publish_local`, `answer_redirect`, `answer_stream_not_found` / `answer_not_found`, `refuse_publish`): the
 protocol's answers are the connection's to write.
@@ -32,6 +36,8 @@ from nonstop.cluster.urls import (
     DEFAULT_RTMP_PORT, flv_location, host_of_header, host_of_url, redirect_tc_url, rtmp_url, split_host_port,
 )
 from nonstop.log import log
+from nonstop.media.hls import m3u8_pattern
+from nonstop.media.registry import source_key
 
 MODE_EDGE = "remote"
 # How long stop() waits for the links' control loops to end.
@@ -41,6 +47,8 @@ STOP_WAIT_S = 2.0
 ADOPT_POLL_S = 0.02
 ADOPT_POLL_TRIES = 50
 FLV_RESOLVED = "flv"
+# Query parameters of an HLS request that are the HLS server's, not tokens for the origin.
+HLS_OWN_PARAMS = ("hls_ctx", "_HLS_msn", "_HLS_part", "_HLS_skip")
 
 
 class Cluster:
@@ -101,6 +109,41 @@ class Cluster:
             return False
         self._spawn(self._route_flv(conn, method, vhost, app, stream))
         return True
+
+    def on_hls_play(self, path: str, query: str, host_header: str, now: float):
+        """A playlist request for `path` (no leading /) that no segmenter serves yet. On an edge vhost with HLS
+        on whose hls_m3u8_file names this path (the first such vhost, in config order), start the stream's
+        pull, exactly one however many requests ask (ensure_ingester), and return the stream's segmenter, for
+        the request to wait on its first segment; None when no edge vhost names the path."""
+        for vhost in self.worker.config.vhosts.values():
+            if not (vhost.enabled and vhost.hls.enabled and vhost.cluster.mode == MODE_EDGE and vhost.cluster.origin):
+                continue
+            pattern = m3u8_pattern(vhost.hls.hls_m3u8_file, vhost.name)
+            match = pattern.fullmatch(path) if pattern is not None else None
+            if match is None:
+                continue
+            segmenter = self.hls_pull(vhost.name, match.group("app"), match.group("stream"), query, host_header,
+                                      now)
+            ingester = self.ingesters.get(source_key(vhost.name, match.group("app"), match.group("stream")))
+            if ingester is not None and segmenter is not None and segmenter.playlist is None:
+                ingester.hls_waited = True
+            return segmenter
+        return None
+
+    def hls_pull(self, vhost_name: str, app: str, stream: str, query: str, host_header: str, now: float):
+        """A playlist request of a stream: on an edge, (re)start its pull if it has no publisher (the pull
+        stopped while its playlist stayed for hls_dispose, or a handover brought the source without its
+        upstream). Returns the stream's segmenter, or None when the vhost is no edge with HLS on."""
+        vhost = self.worker.config.vhosts.get(vhost_name)
+        if vhost is None or not vhost.hls.enabled or vhost.cluster.mode != MODE_EDGE or not vhost.cluster.origin:
+            return None
+        source = self.worker.registry.get(vhost_name, app, stream)
+        if source is None or source.publisher is None:
+            upstream_query = "&".join(p for p in query.split("&") if p and p.partition("=")[0] not in HLS_OWN_PARAMS)
+            log.trace("cluster", f"edge pull {vhost_name}/{app}/{stream}: asked for by an HLS viewer")
+            self.ensure_ingester(vhost, app, stream, upstream_query, host_of_header(host_header), now)
+            source = self.worker.registry.get(vhost_name, app, stream)
+        return source.hls if source is not None else None
 
     # ----- origin cluster -------------------------------------------------------------------------------
 
@@ -243,6 +286,15 @@ class Cluster:
 
     def sweep(self, now: float) -> None:
         sources = self.worker.registry.sources
+        watched: set | None = None
+
+        def hls_watched(source) -> bool:
+            """HLS viewers keep a pull as players do (asked once per sweep, when a pull has no player)."""
+            nonlocal watched
+            if watched is None:
+                watched = self.worker.hls_sessions.watched(now)
+            return (source.vhost, source.app, source.stream) in watched
+
         for key, ingester in list(self.ingesters.items()):
             source = ingester.source
             if ingester.stopped:
@@ -250,9 +302,13 @@ class Cluster:
             elif sources.get(key) is not source or source.publisher is not ingester:
                 ingester.stop(now, "its source was handed over, freed or taken over", unpublish=False)
                 del self.ingesters[key]
-            elif source.consumers:
+            elif source.consumers or hls_watched(source):
                 ingester.empty_since = None
                 ingester.check(now)
+            elif ingester.hls_waited and source.hls is not None and source.hls.playlist is None:
+                # The HLS requests that started it gave up with no segment: the origin has no such stream.
+                ingester.stop(now, "no segment for the HLS requests that asked for it")
+                del self.ingesters[key]
             elif ingester.empty_since is None:
                 ingester.empty_since = now
             elif (now - ingester.empty_since) * 1000 >= ingester.vhost.cluster.linger:
@@ -279,9 +335,13 @@ class Cluster:
         vhost = self.worker.config.vhosts.get(source.vhost)
         if vhost is None or vhost.cluster.mode != MODE_EDGE or not vhost.cluster.origin:
             return
-        if source.publisher is None and source.consumers:
+        # A segmenter that never saw its publisher leave was fed by a pull when the source was handed over: its
+        # HLS viewers come back within a target duration, so the pull goes on for them (then linger, if not).
+        hls_live = source.hls is not None and source.hls.playlist is not None and source.hls.unpublished_at is None
+        if source.publisher is None and (source.consumers or hls_live):
             query, host = _first_request(source)
-            log.trace("cluster", f"edge pull {source.key}: players without an upstream, re-establishing it")
+            log.trace("cluster", f"edge pull {source.key}: {'players' if source.consumers else 'HLS viewers'} "
+                                 f"without an upstream, re-establishing it")
             self.ensure_ingester(vhost, source.app, source.stream, query, host, now)
         elif source.publisher is not None and not isinstance(source.publisher, EdgeIngester) \
                 and source.key not in self.forwarders and not getattr(source.publisher, "closed", False):

@@ -22,7 +22,9 @@ Choices where SRS differs or is silent:
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import time
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -88,6 +90,26 @@ def render(template: str, vhost: str, app: str, stream: str, seq: int | None = N
                            ("[999]", f"{wall_ms % 1000:03d}")):
             out = out.replace(key, value)
     return out.lstrip("/")
+
+
+@functools.lru_cache(maxsize=64)
+def m3u8_pattern(template: str, vhost: str) -> "re.Pattern | None":
+    """The inverse of render() for a playlist path (hls_m3u8_file): a regex with groups `app` and `stream`, or
+    None when the template does not name both (such a path cannot say which stream to pull on an edge)."""
+    if "[app]" not in template or "[stream]" not in template:
+        return None
+    pattern, seen = "", set()
+    for part in re.split(r"(\[vhost\]|\[app\]|\[stream\])", template.lstrip("/")):
+        if part == "[vhost]":
+            pattern += re.escape(vhost)
+        elif part in ("[app]", "[stream]"):
+            name = part[1:-1]
+            pattern += f"(?P={name})" if name in seen else \
+                (f"(?P<{name}>[^?#]+?)" if name == "app" else f"(?P<{name}>[^/?#]+)")
+            seen.add(name)
+        else:
+            pattern += re.escape(part)
+    return re.compile(pattern)
 
 
 class Segment:
@@ -208,6 +230,18 @@ class Segmenter:
             log.warn(self.cid, f"hls {self.m3u8_name}: bad sequence header, ignored: {e}")
             return
         setattr(self, attr, bytes(payload))
+        video = attr == "video_sh"
+        codec_of = flv.video_codec if video else flv.audio_codec
+        codec = codec_of(payload)
+        carried = self.muxer.video_codecs if video else self.muxer.audio_codecs
+        if codec not in carried:
+            # AV1, VP9, Opus...: no HLS segment here carries them (README: HLS). Said once per codec; a new
+            # configuration of a codec left out changes nothing in the segments.
+            if previous is not None and codec_of(previous) == codec:
+                return
+            log.warn(self.cid, f"hls {self.m3u8_name}: {'video' if video else 'audio'} codec {codec} is not carried "
+                               f"by HLS in {'fMP4' if self.fmp4 else 'MPEG-TS'} segments (only "
+                               f"{', '.join(carried)}): its frames are left out")
         if previous is not None:
             # New codec configuration: the next segment starts with it and tells players to reset.
             self._reap(timestamp)

@@ -113,11 +113,15 @@ class Source:
 
     # ----- what others ask of the source (it owns these fields: one owner, no outside writers) -------------
 
-    def attach_publisher(self, publisher) -> None:
+    def attach_publisher(self, publisher, now: float | None = None) -> None:
         """A publisher that continues the stream as it is (a handed-over connection, an edge's upstream pull):
-        no new timeline, no notice to the players (on_publish is for a publisher that starts a stream)."""
+        no new timeline, no notice to the players (on_publish is for a publisher that starts a stream). With
+        `now` (an edge's pull starting again), a segmenter whose publisher had left is told it came back, so it
+        is not disposed while fed (and marks a discontinuity after the republish window)."""
         self.publisher = publisher
         self.idle_since = None
+        if now is not None and self.hls is not None and self.hls.unpublished_at is not None:
+            self.hls.on_publish(now)
 
     def release_publisher(self, publisher) -> None:
         """`publisher` lets go without an unpublish (an edge pull replaced by a local publisher): the players are

@@ -51,6 +51,10 @@ class Fmp4Muxer:
     """Configure with the FLV sequence headers (`video()`/`audio()` return None for them), turn frames into
     Samples (`video()`/`audio()`), and write `init_segment()` and `fragment(samples, end_ms)`."""
 
+    # What it carries; the frames of other codecs are left out (the segmenter says so once).
+    video_codecs = ("H264", "HEVC")
+    audio_codecs = ("AAC",)
+
     def __init__(self):
         self.video_codec: str | None = None
         self.video_record = b""

@@ -203,6 +203,10 @@ class TsMuxer:
     """Writes one program with up to one video and one audio stream. Feed it FLV payloads with `video()` and
     `audio()`; call `tables()` at the start of each segment. Sequence headers configure and return b""."""
 
+    # What it carries (STREAM_TYPES); the frames of other codecs are left out (the segmenter says so once).
+    video_codecs = ("H264", "HEVC")
+    audio_codecs = ("AAC", "MP3")
+
     def __init__(self):
         self.cc: dict[int, int] = {PID_PAT: 0, PID_PMT: 0, PID_VIDEO: 0, PID_AUDIO: 0}
         self.video_codec: str | None = None     # "H264" | "HEVC"

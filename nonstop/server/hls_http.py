@@ -93,6 +93,9 @@ class HlsSessions:
         self.sessions: dict[str, HlsSession] = {}
         self.total = 0
         self.held: list[Held] = []      # blocking requests, for their deadlines
+        # With hls_ctx off there are no sessions: (vhost, app, stream) -> until when its last playlist request
+        # counts as a viewer (2 * hls_window after it, as a session), for an edge's pull (Cluster.sweep).
+        self.anonymous: dict[tuple, float] = {}
 
     def touch(self, ctx: str, worker, segmenter, ip: str, now: float) -> HlsSession:
         session = self.sessions.get(ctx)
@@ -104,7 +107,23 @@ class HlsSessions:
         session.requests += 1
         return session
 
+    def seen(self, segmenter, now: float) -> None:
+        """A playlist request without a session (hls_ctx off)."""
+        self.anonymous[(segmenter.vhost, segmenter.app, segmenter.stream)] = \
+            now + 2 * segmenter.settings["window_ms"] / 1000
+
+    def watched(self, now: float) -> set[tuple]:
+        """The streams ((vhost, app, stream)) HLS viewers watch now: live sessions, recent playlist requests
+        without one, and requests held for a first segment. An edge keeps pulling these (Cluster.sweep)."""
+        keys = {(s.vhost, s.app, s.stream) for s in self.sessions.values() if not s.closed and not s.expired(now)}
+        keys.update(key for key, until in self.anonymous.items() if now < until)
+        keys.update((h.segmenter.vhost, h.segmenter.app, h.segmenter.stream) for h in self.held
+                    if not h.done and now < h.deadline and not h.conn.closed)
+        return keys
+
     def sweep(self, now: float) -> None:
+        if self.anonymous:
+            self.anonymous = {key: until for key, until in self.anonymous.items() if now < until}
         if self.held:
             expired = [h for h in self.held if not h.done and now >= h.deadline]
             self.held = [h for h in self.held if not h.done and h not in expired]
@@ -142,6 +161,13 @@ def serve(conn, method: str, path: str, query: str, block: bool = True) -> bool:
             # connection, which the new worker accepts.
             _redirect_to_self(conn, path, query)
             return True
+        if block and name.endswith(".m3u8"):
+            # An edge's stream not pulled yet (or with no segment yet): the request starts the pull and waits
+            # for the first segment, held like a blocking reload, 404 at its deadline (3 target durations).
+            segmenter = worker.cluster.on_hls_play(name, query, conn.headers.get("host", ""), time.monotonic())
+            if segmenter is not None:
+                _hold(conn, method, path, query, segmenter, lambda: segmenter.playlist is not None)
+                return True
         return False
     now = time.monotonic()
     params = urllib.parse.parse_qs(query, keep_blank_values=True)
@@ -152,6 +178,9 @@ def serve(conn, method: str, path: str, query: str, block: bool = True) -> bool:
         _respond(conn, method, 404, "Not Found", "text/plain", f"404 HLS stream {ctx} is EOF\n".encode(), "no-cache")
         return True
     if name == segmenter.m3u8_name:
+        if block:   # an edge pulls what its HLS viewers ask for (again after its pull stopped)
+            worker.cluster.hls_pull(segmenter.vhost, segmenter.app, segmenter.stream, query,
+                                    conn.headers.get("host", ""), now)
         if segmenter.playlist is None:
             _respond(conn, method, 404, "Not Found", "text/plain", b"404 Not Found: no segment yet\n", "no-cache")
             return True
@@ -185,6 +214,8 @@ def serve(conn, method: str, path: str, query: str, block: bool = True) -> bool:
             if settings["ts_ctx"]:
                 body = _with_ctx(body, ctx)
             session.send_bytes += len(body)
+        else:
+            worker.hls_sessions.seen(segmenter, now)
         _respond(conn, method, 200, "OK", CONTENT_TYPE_M3U8, body, CACHE_PLAYLIST)
         return True
     if block and segmenter.part_ms and name == segmenter.preload_hint():
@@ -257,6 +288,9 @@ def _hold(conn, method: str, path: str, query: str, segmenter, ready) -> None:
     # RFC 8216bis 6.2.5.2: a server that cannot answer within three target durations should answer anyway.
     limit = 3 * segmenter.settings["fragment_ms"] * segmenter.settings["td_ratio"] / 1000
     held = Held(conn, method, path, query, segmenter, time.monotonic() + limit)
+    # Its answer is due by the hold's deadline (the sweep answers it then), not by the connection's deadline for
+    # a request head (handshake_timeout, 10 s, shorter than 3 target durations of 10 s segments).
+    conn.deadline = None
     segmenter.waiters.append([ready, lambda: held.answer(True), held])
     conn.worker.hls_sessions.held.append(held)
 

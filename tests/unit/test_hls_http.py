@@ -23,8 +23,19 @@ class FakeRegistry:
         return object()
 
 
+class NoCluster:
+    """Not an edge: no HLS request starts a pull (tests/unit/test_hls_edge.py covers edges)."""
+
+    def on_hls_play(self, path, query, host_header, now):
+        return None
+
+    def hls_pull(self, vhost, app, stream, query, host_header, now):
+        return None
+
+
 class FakeWorker:
     def __init__(self):
+        self.cluster = NoCluster()
         self.hls_index = HlsIndex()
         self.hls_sessions = HlsSessions()
         self.registry = FakeRegistry()
