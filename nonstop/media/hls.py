@@ -249,6 +249,7 @@ class Segmenter:
             self.part_start_ts = timestamp
             self._refresh_playlist()
             self._index_hint()
+            self._wake()
 
     def _part_name(self, segment_name: str, index: int) -> str:
         base, ext = os.path.splitext(segment_name)
@@ -377,7 +378,12 @@ class Segmenter:
             self.index.add(self.m3u8_name, self)
         self._shrink()
         self._refresh_playlist()
-        self._wake()
+        if final:
+            self._wake()
+        # Otherwise held requests are answered by the next _open, once the playlist hints at the next segment's
+        # first part: a playlist that ends on a segment's URI with no part or hint after it makes hls.js take that
+        # segment for the one being filled (its fragmentHint), and from then on it merges each segment's timing
+        # with the one before it and its timeline falls apart (bufferStalledError, bufferSeekOverHole).
         if self.settings["path"]:
             self._write_files(segment)
 
@@ -448,7 +454,7 @@ class Segmenter:
                 entry.parts = [(self._uri(p[0]), p[1], p[2]) for p in segment.parts]
             hint = self.preload_hint()
             low_latency = m3u8.LowLatency(self.part_ms, [(self._uri(p[0]), p[1], p[2]) for p in self.open_parts],
-                                          self._uri(hint) if hint else "")
+                                          self._uri(hint) if hint else "", self.open_wall_ms)
         if not entries and low_latency is None:
             return
         self.playlist = m3u8.media_playlist(entries, first, target_floor_ms=floor, map_uri=map_uri,
@@ -570,7 +576,7 @@ class Segmenter:
                 "open_name": self.open_name, "open_parts": [list(p) for p in self.open_parts],
                 "part_start_ts": self.part_start_ts,
                 "open": None if self.open_chunks is None else {
-                    "data": [[c.track, c.dts, c.cts, c.data, c.sync] for c in self.open_chunks] if self.fmp4
+                    "data": [[c.track, c.dts, c.cts, c.data, c.sync, c.ticks] for c in self.open_chunks] if self.fmp4
                     else b"".join(self.open_chunks), "start_ts": self.open_start_ts,
                     "last_ts": self.open_last_ts, "wall_ms": self.open_wall_ms,
                     "discontinuity": self.open_discontinuity},
