@@ -287,8 +287,10 @@ class Segmenter:
     def _wake(self) -> None:
         """Answer the held requests that can be answered now."""
         if self.waiters:
-            ready = [w for w in self.waiters if w[0]()]
-            self.waiters = [w for w in self.waiters if w not in ready]
+            ready, waiting = [], []
+            for waiter in self.waiters:         # one pass: thousands of held requests cost no more than a list
+                (ready if waiter[0]() else waiting).append(waiter)
+            self.waiters = waiting
             for waiter in ready:
                 waiter[1]()
 
