@@ -115,10 +115,12 @@ class _PageServer:
         self.httpd.server_close()
 
 
-def measure(m3u8: str, seconds: float, settle_s: float = 1.0, start_timeout: float = 30.0) -> dict:
-    """Play `m3u8` with hls.js in lowLatencyMode; after `settle_s` s of playback, watch `seconds` s. Returns the
-    glass-to-glass figures (ms) of the frames presented in the window and what the window saw."""
-    page = (PAGE % {"config": "{lowLatencyMode: true}", "m3u8": m3u8, "row": PER_ROW * BLOCK_W,
+def measure(m3u8: str, seconds: float, settle_s: float = 1.0, start_timeout: float = 30.0,
+            config: str = "{lowLatencyMode: true}") -> dict:
+    """Play `m3u8` with hls.js (`config`: its settings, as JavaScript); after `settle_s` s of playback, watch
+    `seconds` s. Returns the glass-to-glass figures (ms) of the frames presented in the window and what the window
+    saw."""
+    page = (PAGE % {"config": config, "m3u8": m3u8, "row": PER_ROW * BLOCK_W,
                     "rows": 2 * BLOCK_H, "bits": BITS, "per_row": PER_ROW, "bw": BLOCK_W, "bh": BLOCK_H,
                     "modulo": MODULO}).encode()
     server = _PageServer(page, HLSJS.read_bytes())

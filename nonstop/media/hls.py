@@ -578,8 +578,10 @@ class Segmenter:
                 "open_name": self.open_name, "open_parts": [list(p) for p in self.open_parts],
                 "part_start_ts": self.part_start_ts,
                 "open": None if self.open_chunks is None else {
-                    "data": [[c.track, c.dts, c.cts, c.data, c.sync, c.ticks] for c in self.open_chunks] if self.fmp4
+                    "data": [[c.track, c.dts, c.cts, c.data, c.sync] for c in self.open_chunks] if self.fmp4
                     else b"".join(self.open_chunks), "start_ts": self.open_start_ts,
+                    # apart from "data", so that a build without exact AAC timing still reads the snapshot
+                    "ticks": [c.ticks for c in self.open_chunks] if self.fmp4 else [],
                     "last_ts": self.open_last_ts, "wall_ms": self.open_wall_ms,
                     "discontinuity": self.open_discontinuity},
                 "discontinuity_next": self.discontinuity_next, "video_sh": self.video_sh, "audio_sh": self.audio_sh,
@@ -602,7 +604,8 @@ class Segmenter:
         opened = snap["open"]
         if opened is not None:
             if self.fmp4:
-                self.open_chunks = [Sample(*c) for c in opened["data"]]
+                ticks = opened.get("ticks") or [None] * len(opened["data"])
+                self.open_chunks = [Sample(*c, ticks=t) for c, t in zip(opened["data"], ticks)]
                 self.open_bytes = sum(len(c.data) for c in self.open_chunks)
             else:
                 self.open_chunks = [opened["data"]]

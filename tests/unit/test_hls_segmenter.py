@@ -304,3 +304,15 @@ def test_ll_hls_playlist_dates_the_segment_being_filled_before_its_first_part():
     tail = lines[last_uri + 1:]
     assert tail[0].startswith("#EXT-X-PROGRAM-DATE-TIME:2023-11-14T22:13:20.000Z") and \
         tail[1].startswith("#EXT-X-PART:") and tail[-1].startswith("#EXT-X-PRELOAD-HINT:")
+
+
+def test_a_snapshot_from_a_build_without_exact_aac_timing_restores_and_goes_on():
+    seg = make(hls_fragment=2, hls_use_fmp4=True, hls_part=0.5)
+    messages = list(stream(25 * 6, gop=50))
+    feed(seg, messages[:200])
+    snap = wire.loads(wire.dumps(seg.snapshot()))
+    assert len(snap["open"]["data"][0]) == 5            # the older layout of a sample, which older builds read
+    del snap["open"]["ticks"], snap["muxer"]["audio_next"]
+    moved = Segmenter.restore(snap, HlsIndex())
+    feed(moved, messages[200:])
+    assert moved.next_seq == 2 and moved.playlist.decode().rstrip().splitlines()[-1].startswith("#EXT-X-PRELOAD")
