@@ -301,6 +301,20 @@ class Segmenter:
         return msn == self.next_seq and part is not None and self.open_chunks is not None \
             and part < len(self.open_parts)
 
+    def too_far_ahead(self, msn: int, part: int | None) -> bool:
+        """RFC 8216bis 6.2.5.2: a blocking reload for a segment further than the last one plus two, or for a part
+        more than the Advance Part Limit (3 / PART-TARGET parts when PART-TARGET is under a second, else 3) past
+        the last part listed, is refused at once (400) rather than held. The segment being filled is `next_seq`; a
+        part of the one after it counts as at least one part past the end of the open one."""
+        if msn > self.next_seq + 1:
+            return True
+        if part is None or msn < self.next_seq or not self.part_ms:
+            return False
+        target_s = self.part_ms / 1000
+        limit = 3 / target_s if target_s < 1 else 3
+        ahead = part - len(self.open_parts) + 1 if msn == self.next_seq else part + 1
+        return ahead > limit
+
     def preload_hint(self) -> str:
         """The path of the part that comes next (EXT-X-PRELOAD-HINT), or "" when none is being filled."""
         if not self.part_ms or self.open_chunks is None:

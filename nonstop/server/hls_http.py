@@ -171,10 +171,14 @@ def serve(conn, method: str, path: str, query: str, block: bool = True) -> bool:
                     raise ValueError
             except (KeyError, ValueError):
                 # RFC 8216bis 6.2.5.2: _HLS_part without _HLS_msn is a bad request too.
+                log.warn(conn.cid, f"hls blocking reload refused (400): bad _HLS_msn or _HLS_part in {query[:200]!r}, "
+                                   f"ip={conn.ip}")
                 _respond(conn, method, 400, "Bad Request", "text/plain", b"400 bad _HLS_msn or _HLS_part\n",
                          "no-cache")
                 return True
-            if too_far_ahead(segmenter, msn, part):
+            if segmenter.too_far_ahead(msn, part):
+                log.warn(conn.cid, f"hls blocking reload refused (400): too far ahead of segment "
+                                   f"{segmenter.next_seq} in {query[:200]!r}, ip={conn.ip}")
                 _respond(conn, method, 400, "Bad Request", "text/plain", b"400 _HLS_msn or _HLS_part too far ahead\n",
                          "no-cache")
                 return True
@@ -209,22 +213,6 @@ def serve(conn, method: str, path: str, query: str, block: bool = True) -> bool:
         session.send_bytes += len(data)
     _respond(conn, method, 200, "OK", content_type, data, CACHE_SEGMENT)
     return True
-
-
-def too_far_ahead(segmenter, msn: int, part: int | None) -> bool:
-    """RFC 8216bis 6.2.5.2: a blocking reload for a segment further than the last one plus two, or for a part
-    more than the Advance Part Limit (3 / PART-TARGET parts when PART-TARGET is under a second, else 3) past the
-    last part listed, is refused at once (400) rather than held. The segment being filled is `next_seq`; a part
-    of the one after is counted as at least one part past the end of the open one."""
-    if msn > segmenter.next_seq + 1:
-        return True
-    if part is None or msn < segmenter.next_seq:
-        return False
-    target_s = segmenter.part_ms / 1000
-    limit = 3 / target_s if target_s < 1 else 3
-    listed = len(segmenter.open_parts)          # parts of the open segment in the playlist
-    ahead = part - listed + 1 if msn == segmenter.next_seq else part + 1
-    return ahead > limit
 
 
 def _with_ctx(playlist: bytes, ctx: str) -> bytes:

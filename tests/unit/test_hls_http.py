@@ -42,6 +42,7 @@ class FakeWorker:
 class FakeConn:
     def __init__(self, worker, headers=None):
         self.worker = worker
+        self.cid = "conn1"
         self.ip = "192.0.2.1"
         self.headers = headers or {}
         self.closed = False
