@@ -283,6 +283,7 @@ class Segmenter:
             self.part_start_ts = timestamp
             self._refresh_playlist()
             self._index_hint()
+            self._wake()
 
     def _part_name(self, segment_name: str, index: int) -> str:
         base, ext = os.path.splitext(segment_name)
@@ -320,8 +321,10 @@ class Segmenter:
     def _wake(self) -> None:
         """Answer the held requests that can be answered now."""
         if self.waiters:
-            ready = [w for w in self.waiters if w[0]()]
-            self.waiters = [w for w in self.waiters if w not in ready]
+            ready, waiting = [], []
+            for waiter in self.waiters:         # one pass: thousands of held requests cost no more than a list
+                (ready if waiter[0]() else waiting).append(waiter)
+            self.waiters = waiting
             for waiter in ready:
                 waiter[1]()
 
@@ -331,6 +334,20 @@ class Segmenter:
             return True
         return msn == self.next_seq and part is not None and self.open_chunks is not None \
             and part < len(self.open_parts)
+
+    def too_far_ahead(self, msn: int, part: int | None) -> bool:
+        """RFC 8216bis 6.2.5.2: a blocking reload for a segment further than the last one plus two, or for a part
+        more than the Advance Part Limit (3 / PART-TARGET parts when PART-TARGET is under a second, else 3) past
+        the last part listed, is refused at once (400) rather than held. The segment being filled is `next_seq`; a
+        part of the one after it counts as at least one part past the end of the open one."""
+        if msn > self.next_seq + 1:
+            return True
+        if part is None or msn < self.next_seq or not self.part_ms:
+            return False
+        target_s = self.part_ms / 1000
+        limit = 3 / target_s if target_s < 1 else 3
+        ahead = part - len(self.open_parts) + 1 if msn == self.next_seq else part + 1
+        return ahead > limit
 
     def preload_hint(self) -> str:
         """The path of the part that comes next (EXT-X-PRELOAD-HINT), or "" when none is being filled."""
@@ -411,7 +428,12 @@ class Segmenter:
             self.index.add(self.m3u8_name, self)
         self._shrink()
         self._refresh_playlist()
-        self._wake()
+        if final:
+            self._wake()
+        # Otherwise held requests are answered by the next _open, once the playlist hints at the next segment's
+        # first part: a playlist that ends on a segment's URI with no part or hint after it makes hls.js take that
+        # segment for the one being filled (its fragmentHint), and from then on it merges each segment's timing
+        # with the one before it and its timeline falls apart (bufferStalledError, bufferSeekOverHole).
         if self.settings["path"]:
             self._write_files(segment)
 
@@ -482,7 +504,7 @@ class Segmenter:
                 entry.parts = [(self._uri(p[0]), p[1], p[2]) for p in segment.parts]
             hint = self.preload_hint()
             low_latency = m3u8.LowLatency(self.part_ms, [(self._uri(p[0]), p[1], p[2]) for p in self.open_parts],
-                                          self._uri(hint) if hint else "")
+                                          self._uri(hint) if hint else "", self.open_wall_ms)
         if not entries and low_latency is None:
             return
         self.playlist = m3u8.media_playlist(entries, first, target_floor_ms=floor, map_uri=map_uri,
@@ -606,6 +628,8 @@ class Segmenter:
                 "open": None if self.open_chunks is None else {
                     "data": [[c.track, c.dts, c.cts, c.data, c.sync] for c in self.open_chunks] if self.fmp4
                     else b"".join(self.open_chunks), "start_ts": self.open_start_ts,
+                    # apart from "data", so that a build without exact AAC timing still reads the snapshot
+                    "ticks": [c.ticks for c in self.open_chunks] if self.fmp4 else [],
                     "last_ts": self.open_last_ts, "wall_ms": self.open_wall_ms,
                     "discontinuity": self.open_discontinuity},
                 "discontinuity_next": self.discontinuity_next, "video_sh": self.video_sh, "audio_sh": self.audio_sh,
@@ -628,7 +652,8 @@ class Segmenter:
         opened = snap["open"]
         if opened is not None:
             if self.fmp4:
-                self.open_chunks = [Sample(*c) for c in opened["data"]]
+                ticks = opened.get("ticks") or [None] * len(opened["data"])
+                self.open_chunks = [Sample(*c, ticks=t) for c, t in zip(opened["data"], ticks)]
                 self.open_bytes = sum(len(c.data) for c in self.open_chunks)
             else:
                 self.open_chunks = [opened["data"]]

@@ -41,10 +41,13 @@ def _descriptor(tag: int, payload: bytes) -> bytes:
 
 
 class Sample:
-    __slots__ = ("track", "dts", "cts", "data", "sync")
+    """One frame: `dts` and `cts` in ms (FLV's clock); `ticks`, when not None, its decode time in its track's
+    timescale, exact where the ms value is rounded (AAC: a frame is 1024 samples, not 23 or 24 ms)."""
+    __slots__ = ("track", "dts", "cts", "data", "sync", "ticks")
 
-    def __init__(self, track: int, dts: int, cts: int, data: bytes, sync: bool):
+    def __init__(self, track: int, dts: int, cts: int, data: bytes, sync: bool, ticks: int | None = None):
         self.track, self.dts, self.cts, self.data, self.sync = track, dts, cts, data, sync
+        self.ticks = ticks
 
 
 class Fmp4Muxer:
@@ -63,6 +66,8 @@ class Fmp4Muxer:
         self.sample_rate = 0
         self.channels = 0
         self.sequence = 0
+        # The decode time (in audio samples) the next AAC frame has if it follows the last one without a gap.
+        self.audio_next: int | None = None
 
     def video(self, timestamp: int, payload: bytes) -> Sample | None:
         if len(payload) < 5:
@@ -107,10 +112,19 @@ class Fmp4Muxer:
         if flv.is_audio_sequence_header(payload):
             _, rate_index, channels = parse_audio_specific_config(bytes(data))
             self.audio_asc, self.sample_rate, self.channels = bytes(data), flv.AAC_SAMPLE_RATES[rate_index], channels
+            self.audio_next = None
             return None
         if not self.sample_rate or not data or (ex and payload[0] & 0x0F != flv.PACKET_CODED_FRAMES):
             return None
-        return Sample(AUDIO_TRACK, timestamp, 0, bytes(data), True)
+        # FLV stamps AAC frames in whole ms, so 1024 samples at 44.1 kHz come 23 or 24 ms apart. Taken as they
+        # are, the frames' durations jitter (1014..1059 samples) and each fragment's tfdt overlaps or leaves a hole
+        # after the previous fragment's last frame. A frame within half a frame of where the previous one ends
+        # is placed exactly there; a real gap or jump (a lost frame, a republish) starts a new run.
+        ticks = timestamp * self.sample_rate // 1000
+        if self.audio_next is not None and abs(ticks - self.audio_next) < AAC_SAMPLES_PER_FRAME // 2:
+            ticks = self.audio_next
+        self.audio_next = ticks + AAC_SAMPLES_PER_FRAME
+        return Sample(AUDIO_TRACK, timestamp, 0, bytes(data), True, ticks)
 
     # ----- the init segment ------------------------------------------------------------------------------
 
@@ -187,7 +201,7 @@ class Fmp4Muxer:
         for (track, samples), offset in zip(trafs, offsets):
             video = track == VIDEO_TRACK
             scale = VIDEO_TIMESCALE if video else self.sample_rate
-            ticks = [s.dts * scale // 1000 for s in samples]
+            ticks = [s.dts * scale // 1000 if s.ticks is None else s.ticks for s in samples]
             entries = []
             for i, s in enumerate(samples):
                 if i + 1 < len(samples):
@@ -209,7 +223,7 @@ class Fmp4Muxer:
     def snapshot(self) -> dict:
         return {"video_codec": self.video_codec, "video_record": self.video_record, "width": self.width,
                 "height": self.height, "audio_asc": self.audio_asc, "sample_rate": self.sample_rate,
-                "channels": self.channels, "sequence": self.sequence}
+                "channels": self.channels, "sequence": self.sequence, "audio_next": self.audio_next}
 
     @classmethod
     def restore(cls, snap: dict) -> "Fmp4Muxer":

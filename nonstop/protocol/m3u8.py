@@ -34,6 +34,7 @@ class LowLatency:
     part_target_ms: int
     open_parts: list        # (uri, duration_ms, independent)
     preload_hint: str = ""
+    open_wall_ms: int = 0   # EXT-X-PROGRAM-DATE-TIME of the segment being filled, before its first part (0: none)
 
 
 def target_duration(entries: list[Entry], floor_ms: int) -> int:
@@ -41,6 +42,11 @@ def target_duration(entries: list[Entry], floor_ms: int) -> int:
     hls_fragment). RFC 8216 4.3.3.1: every EXTINF rounded to the nearest integer must be <= it."""
     longest = max([e.duration_ms for e in entries] + [floor_ms])
     return max(1, math.ceil(longest / 1000))
+
+
+def _date_time(wall_ms: int) -> str:
+    when = datetime.datetime.fromtimestamp(wall_ms / 1000, datetime.timezone.utc)
+    return f"#EXT-X-PROGRAM-DATE-TIME:{when:%Y-%m-%dT%H:%M:%S}.{wall_ms % 1000:03d}Z"
 
 
 def _part(uri: str, duration_ms: int, independent: bool) -> str:
@@ -75,12 +81,13 @@ def media_playlist(entries: list[Entry], media_sequence: int, *, target_floor_ms
             lines.append(f'#EXT-X-KEY:METHOD=AES-128,URI="{entry.key_uri}",IV=0x{entry.iv}' if entry.key_uri
                          else "#EXT-X-KEY:METHOD=NONE")
         if entry.wall_ms:
-            when = datetime.datetime.fromtimestamp(entry.wall_ms / 1000, datetime.timezone.utc)
-            lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{when:%Y-%m-%dT%H:%M:%S}.{entry.wall_ms % 1000:03d}Z")
+            lines.append(_date_time(entry.wall_ms))
         lines.extend(_part(*p) for p in entry.parts)
         lines.append(f"#EXTINF:{entry.duration_ms / 1000:.3f}, no desc")
         lines.append(entry.uri)
     if low_latency:
+        if low_latency.open_wall_ms and low_latency.open_parts:
+            lines.append(_date_time(low_latency.open_wall_ms))
         lines.extend(_part(*p) for p in low_latency.open_parts)
         if low_latency.preload_hint:
             lines.append(f'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="{low_latency.preload_hint}"')

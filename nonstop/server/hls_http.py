@@ -192,17 +192,23 @@ def serve(conn, method: str, path: str, query: str, block: bool = True) -> bool:
                     f"{path}?{CTX}={ctx}{extra}\n").encode()
             _respond(conn, method, 200, "OK", CONTENT_TYPE_M3U8, body, "no-cache")
             return True
-        if block and segmenter.part_ms and "_HLS_msn" in params:
+        if block and segmenter.part_ms and ("_HLS_msn" in params or "_HLS_part" in params):
             try:
                 msn = int(params["_HLS_msn"][0])
                 part = int(params["_HLS_part"][0]) if "_HLS_part" in params else None
-            except ValueError:
+                if msn < 0 or (part is not None and part < 0):
+                    raise ValueError
+            except (KeyError, ValueError):
+                # RFC 8216bis 6.2.5.2: _HLS_part without _HLS_msn is a bad request too.
+                log.warn(conn.cid, f"hls blocking reload refused (400): bad _HLS_msn or _HLS_part in {query[:200]!r}, "
+                                   f"ip={conn.ip}")
                 _respond(conn, method, 400, "Bad Request", "text/plain", b"400 bad _HLS_msn or _HLS_part\n",
                          "no-cache")
                 return True
-            if msn > segmenter.next_seq + 1:
-                # RFC 8216bis 6.2.5.2: further than the last segment plus two is refused at once.
-                _respond(conn, method, 400, "Bad Request", "text/plain", b"400 _HLS_msn too far ahead\n",
+            if segmenter.too_far_ahead(msn, part):
+                log.warn(conn.cid, f"hls blocking reload refused (400): too far ahead of segment "
+                                   f"{segmenter.next_seq} in {query[:200]!r}, ip={conn.ip}")
+                _respond(conn, method, 400, "Bad Request", "text/plain", b"400 _HLS_msn or _HLS_part too far ahead\n",
                          "no-cache")
                 return True
             if not segmenter.has(msn, part):

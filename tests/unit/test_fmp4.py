@@ -79,7 +79,17 @@ def test_h264_aac_fragments_read_back_by_ffprobe_and_decode(tmp_path):
         want = [(d, p) for k, d, p in frames if k == kind]
         have = [(round(float(p["dts_time"]) * 1000), round(float(p["pts_time"]) * 1000))
                 for p in probe["packets"] if kinds[p["stream_index"]] == kind]
-        assert have == want, f"{kind}: {[(a, b) for a, b in zip(want, have) if a != b][:5]}"
+        if kind == "audio":
+            # FLV stamps AAC frames in whole ms; the fragments place them 1024 samples apart exactly, so each is
+            # within a ms of its FLV timestamp.
+            assert len(have) == len(want)
+            assert all(abs(a - b) <= 1 and abs(c - d) <= 1 for (a, c), (b, d) in zip(have, want)), \
+                [(a, b) for a, b in zip(want, have) if a != b][:5]
+        else:
+            assert have == want, f"{kind}: {[(a, b) for a, b in zip(want, have) if a != b][:5]}"
+    audio = [p for p in probe["packets"] if kinds[p["stream_index"]] == "audio"]
+    # one run of 1024-sample frames across the fragments: no overlap, no hole where a fragment begins
+    assert [int(p["dts"]) for p in audio] == [int(audio[0]["dts"]) + 1024 * i for i in range(len(audio))]
     proc = subprocess.run([FFMPEG, "-v", "error", "-i", str(path), "-f", "null", "-"], capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
@@ -99,3 +109,21 @@ def test_any_payload_gives_a_sample_or_none_and_whole_boxes(payload, timestamp, 
         frag = mux.fragment([sample], timestamp + 40)
         assert boxes(frag) == [b"moof", b"mdat"]
     assert boxes(mux.init_segment())[0] == b"ftyp"
+
+
+def test_aac_frames_follow_each_other_exactly_and_a_real_gap_starts_a_new_run():
+    """FLV's ms timestamps (0, 23, 46, 70, ...) become one run of 1024-sample frames at 44.1 kHz; a frame more
+    than half a frame away from where the run expects it (a lost frame, a jump) starts a new run there."""
+    mux = Fmp4Muxer()
+    mux.audio(0, AAC_SH)
+    aac = b"\xaf\x01" + b"\x21" * 10
+    stamps = [i * 1024 * 1000 // 44100 for i in range(6)] + [1000, 1023]
+    samples = [mux.audio(ts, aac) for ts in stamps]
+    assert [s.ticks for s in samples] == [1024 * i for i in range(6)] + [44100, 44100 + 1024]
+    frag = mux.fragment(samples, 1100)
+    trun = frag[frag.index(b"trun") - 4:]
+    count = struct.unpack(">I", trun[12:16])[0]
+    durations = [struct.unpack(">I", trun[20 + 16 * i:24 + 16 * i])[0] for i in range(count)]
+    assert durations == [1024] * 5 + [44100 - 5 * 1024, 1024, 1024]
+    tfdt = frag[frag.index(b"tfdt") - 4:]
+    assert struct.unpack(">Q", tfdt[12:20])[0] == 0

@@ -3,6 +3,8 @@ keep-alive, HEAD, and the two upgrade cases (a new worker still taking over, an 
 
 from __future__ import annotations
 
+import time
+
 from nonstop.config.schema import Hls
 from nonstop.media.hls import HlsIndex, Segmenter, settings_from_config
 from nonstop.protocol.rtmp import MSG_VIDEO
@@ -51,6 +53,7 @@ class FakeWorker:
 class FakeConn:
     def __init__(self, worker, headers=None):
         self.worker = worker
+        self.cid = "conn1"
         self.ip = "192.0.2.1"
         self.headers = headers or {}
         self.closed = False
@@ -195,3 +198,67 @@ def test_a_draining_worker_serves_what_it_has_with_close_and_sends_the_rest_back
     _, conn = ask(worker, "/live/new.m3u8", "hls_ctx=d")
     status, headers, _ = conn.head_and_body()
     assert status == 302 and headers["Location"] == "/live/new.m3u8?hls_ctx=d" and conn.closed
+
+
+# ----- LL-HLS: blocking playlist reload ------------------------------------------------------------------------
+
+def ll_worker(seconds: float = 3.0) -> tuple[FakeWorker, Segmenter, list]:
+    """A worker with an LL-HLS stream (hls_part 0.5, 2 s segments), fed `seconds` of 25 fps video; the frames
+    after it are returned to be fed later."""
+    worker = FakeWorker()
+    hls = Hls(enabled=True, hls_fragment=2, hls_use_fmp4=True, hls_part=0.5)
+    seg = Segmenter(settings_from_config(hls), "__defaultVhost__", "live", "s", worker.hls_index)
+    seg.on_media(MSG_VIDEO, 0, AVC_SH)
+    frames = [(i * 40, frame(i % 50 == 0)) for i in range(25 * 12)]
+    n = int(seconds * 25)
+    for ts, payload in frames[:n]:
+        seg.on_media(MSG_VIDEO, ts, payload)
+    return worker, seg, frames[n:]
+
+
+def test_blocking_reloads_too_far_ahead_or_malformed_get_400_at_once_and_hold_nothing():
+    worker, seg, _ = ll_worker()
+    listed = len(seg.open_parts)
+    for query in (f"_HLS_msn={seg.next_seq + 2}",                       # a segment past the last one plus two
+                  f"_HLS_msn={seg.next_seq + 1000000}&_HLS_part=0",
+                  f"_HLS_msn={seg.next_seq}&_HLS_part={listed + 6}",     # 7 parts past the last listed (limit 6)
+                  f"_HLS_msn={seg.next_seq + 1}&_HLS_part=6",
+                  "_HLS_part=1",                                        # _HLS_part without _HLS_msn
+                  "_HLS_msn=x", "_HLS_msn=-1", f"_HLS_msn={seg.next_seq}&_HLS_part=-2"):
+        served, conn = ask(worker, "/live/s.m3u8", "hls_ctx=far&" + query)
+        status, headers, _ = conn.head_and_body()
+        assert served and status == 400, query
+        assert conn.keep_alive_s == hls_http.KEEPALIVE_IDLE_S      # a bad request costs the player nothing more
+    assert not worker.hls_sessions.held and not seg.waiters
+    # within the limits: held
+    for query in (f"_HLS_msn={seg.next_seq}&_HLS_part={listed + 5}", f"_HLS_msn={seg.next_seq + 1}&_HLS_part=5",
+                  f"_HLS_msn={seg.next_seq + 1}"):
+        served, conn = ask(worker, "/live/s.m3u8", "hls_ctx=near&" + query)
+        assert served and not conn.sent, query
+    assert len(worker.hls_sessions.held) == len(seg.waiters) == 3
+
+
+def test_thousands_of_held_reloads_are_plain_list_entries_answered_by_the_part_that_completes_them():
+    """No task, no timer, no event loop: a held request is an entry in the segmenter's waiters and in the worker's
+    held list; the part cut answers those it completes, the sweep answers the rest at their deadline."""
+    worker, seg, later = ll_worker()
+    msn, part = seg.next_seq, len(seg.open_parts)
+    conns = [ask(worker, "/live/s.m3u8", f"hls_ctx=h{i}&_HLS_msn={msn}&_HLS_part={part}")[1] for i in range(2000)]
+    hint = seg.preload_hint()
+    hinted = ask(worker, "/" + hint, "")[1]
+    beyond = ask(worker, "/live/s.m3u8", f"hls_ctx=b&_HLS_msn={msn + 1}&_HLS_part=0")[1]
+    assert not any(c.sent for c in conns + [hinted, beyond])
+    assert len(seg.waiters) == len(worker.hls_sessions.held) == 2002
+    i = 0
+    while not conns[0].sent:            # feed frames until the part is cut
+        seg.on_media(MSG_VIDEO, *later[i])
+        i += 1
+    for conn in conns:
+        status, _, body = conn.head_and_body()
+        assert status == 200 and f'URI="s-{msn}.{part}.m4s' in body.decode()
+        assert body.decode().rstrip().splitlines()[-1].startswith("#EXT-X-PRELOAD-HINT:")
+    status, headers, data = hinted.head_and_body()
+    assert status == 200 and data[4:8] == b"moof" and headers["Content-Type"] == "video/mp4"
+    assert not beyond.sent and len(seg.waiters) == 1
+    worker.hls_sessions.sweep(time.monotonic() + 3 * 2 + 0.1)      # 3 target durations later
+    assert beyond.head_and_body()[0] == 200 and not seg.waiters and not worker.hls_sessions.held

@@ -278,3 +278,41 @@ def test_held_requests_are_woken_when_their_part_exists():
     seg.waiters.append([lambda: seg.has(msn, part), lambda: woken.append(seg.has(msn, part)), None])
     feed(seg, list(stream(25 * 4, gop=50))[2 + 2 * 75:])      # the frames after 3 s, one part more
     assert woken == [True] and not seg.waiters
+
+
+def test_a_request_held_until_a_segment_ends_gets_a_playlist_that_hints_at_the_next_one():
+    """hls.js asks for the last part of a segment (`_HLS_msn=N&_HLS_part=LAST`) at each segment's end. Answered
+    between the segment's close and the next one's open, the playlist ended on the segment's URI with no hint
+    after it; hls.js then takes that segment for the one being filled, merges each segment's timing with the one
+    before it, and stalls (bufferStalledError, bufferSeekOverHole). The answer must hint at the next part."""
+    seg = make(hls_fragment=2, hls_use_fmp4=True, hls_part=0.5)
+    feed(seg, stream(25 * 3, gop=50))
+    msn = seg.next_seq
+    answers = []
+    seg.waiters.append([lambda: seg.has(msn, None), lambda: answers.append(seg.playlist.decode()), None])
+    feed(seg, list(stream(25 * 5, gop=50))[2 + 2 * 75:])      # on past the keyframe at 4 s
+    assert len(answers) == 1
+    lines = answers[0].rstrip().splitlines()
+    assert f"s-{msn}.m4s" in lines and lines[-1] == f'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="s-{msn + 1}.0.m4s"'
+
+
+def test_ll_hls_playlist_dates_the_segment_being_filled_before_its_first_part():
+    seg = make(hls_fragment=2, hls_use_fmp4=True, hls_part=0.5)
+    feed(seg, stream(25 * 3, gop=50))
+    lines = seg.playlist.decode().splitlines()
+    last_uri = max(i for i, line in enumerate(lines) if line.startswith("s-") and line.endswith(".m4s"))
+    tail = lines[last_uri + 1:]
+    assert tail[0].startswith("#EXT-X-PROGRAM-DATE-TIME:2023-11-14T22:13:20.000Z") and \
+        tail[1].startswith("#EXT-X-PART:") and tail[-1].startswith("#EXT-X-PRELOAD-HINT:")
+
+
+def test_a_snapshot_from_a_build_without_exact_aac_timing_restores_and_goes_on():
+    seg = make(hls_fragment=2, hls_use_fmp4=True, hls_part=0.5)
+    messages = list(stream(25 * 6, gop=50))
+    feed(seg, messages[:200])
+    snap = wire.loads(wire.dumps(seg.snapshot()))
+    assert len(snap["open"]["data"][0]) == 5            # the older layout of a sample, which older builds read
+    del snap["open"]["ticks"], snap["muxer"]["audio_next"]
+    moved = Segmenter.restore(snap, HlsIndex())
+    feed(moved, messages[200:])
+    assert moved.next_seq == 2 and moved.playlist.decode().rstrip().splitlines()[-1].startswith("#EXT-X-PRELOAD")
