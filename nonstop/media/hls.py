@@ -431,9 +431,10 @@ class Segmenter:
         if final or not self.part_ms:
             self._wake()
         # With LL-HLS parts, held requests are otherwise answered by the next _open, once the playlist hints at
-        # the next segment's first part: a playlist that ends on a segment's URI with no part or hint after it makes hls.js take that
-        # segment for the one being filled (its fragmentHint), and from then on it merges each segment's timing
-        # with the one before it and its timeline falls apart (bufferStalledError, bufferSeekOverHole).
+        # the next segment's first part: a playlist that ends on a segment's URI with no part or hint after it
+        # makes hls.js take that segment for the one being filled (its fragmentHint), and from then on it merges
+        # each segment's timing with the one before it and its timeline falls apart (bufferStalledError,
+        # bufferSeekOverHole).
         if self.settings["path"]:
             self._write_files(segment)
 
