@@ -381,6 +381,8 @@ setTimeout(() => report('last'), 9000);
 </script></body></html>"""
 
 
+# hls.js's settings for the glass-to-glass test: lowLatencyMode, with catch-up (maxLiveSyncPlaybackRate).
+LL_PLAYER_CONFIG = "{lowLatencyMode: true, maxLiveSyncPlaybackRate: 1.5}"
 # The issue's bound for glass-to-glass latency with hls.js in lowLatencyMode and 0.5 s parts.
 LL_LATENCY_BOUND_S = 3.0
 FPS_LIVE = glass.FPS
@@ -454,7 +456,11 @@ def test_hlsjs_low_latency_mode_plays_every_frame_in_real_time_under_3_s_glass_t
         try:
             wait_for(lambda: b"#EXT-X-PART:" in get(m3u8_url(server) + "?hls_ctx=w")[2], 30, interval=0.1,
                      what="an LL-HLS playlist with a part")
-            result = glass.measure(m3u8_url(server), seconds=8)
+            # As a live player is set up (the console's /players/ too): hls.js may play up to 1.5x to reach its
+            # target latency after its start, which it never makes up by default (settle_s leaves it the time to
+            # catch up before the window that checks real time). bench/ll_latency.py measures
+            # both settings (bench/RESULTS.md); with the defaults the figure is near the bound on a loaded machine.
+            result = glass.measure(m3u8_url(server), seconds=8, settle_s=3.0, config=LL_PLAYER_CONFIG)
         finally:
             stop_proc(pub)
     g, pdt = result["glass_ms"], result["hlsjs_playing_date_ms"]
