@@ -9,14 +9,17 @@ Cache-Control for the playlist and a long one for segments, which never change o
 Viewers, as SRS 5+ tracks them (srs_app_http_static.cpp, hls_ctx): a playlist request without `hls_ctx` gets a
 one-variant master playlist pointing at the same URL with a new `?hls_ctx=ID`; requests with it renew the
 session, and segment URIs carry it too (hls_ts_ctx), so /api/v1/clients lists each viewer with its bytes. A
-session ends 2 * hls_window after its last request, as in SRS. Unlike SRS, an `hls_ctx` this worker does not
-know (a session from before an upgrade) is adopted rather than answered with a new master playlist, so a player
-polling through an upgrade keeps getting media playlists.
+session ends 2 * hls_window after its last request, as in SRS. The sessions of a stream move with its source in an
+upgrade (HlsSessions.snapshot_for / restore, plain data). Unlike SRS, an `hls_ctx` this worker does not know (one
+that did not move) is adopted rather than answered with a new master playlist, so a player polling through an
+upgrade keeps getting media playlists.
 
-During an upgrade: a new worker still taking over holds an HLS request for a stream not here yet until the
-stream arrives (as HTTP-FLV does); an old worker that handed its streams over answers from the frozen copy it
-still has, with `Connection: close`, and answers a path it does not know with a redirect to itself, so the
-player's next connection reaches the new worker instead of a 404.
+During an upgrade: a held LL-HLS request moves with its stream (Held.snapshot, resume_held) and a connection
+between two requests moves with the idle ones (HttpConnection, transfer.py). A new worker still taking over holds
+an HLS request for a stream not here yet until the stream arrives (as HTTP-FLV does); an old worker that handed
+its streams over answers a request it was reading from the frozen copy it still has, with `Connection: close`,
+and answers a path it does not know with a redirect to itself, so the player's next connection reaches the new
+worker instead of a 404.
 """
 
 from __future__ import annotations

@@ -22,9 +22,11 @@ from tests.helpers import make_test_flv, publish_file, publish_live, stop_proc, 
 
 pytestmark = pytest.mark.timeout(150)
 
-# LL-HLS with 4 s segments: a blocking reload for the next segment's first part waits up to ~4.5 s, long enough
-# to be pending when the upgrade's handover runs.
-LL_BODY = ("hls { enabled on; hls_fragment 4; hls_window 24; hls_dispose 30; hls_use_fmp4 on; hls_part 0.5; }")
+# LL-HLS with 6 s segments: a blocking reload for the next segment's first part, sent right after a segment is
+# cut, waits ~6.5 s: long enough to be pending when the upgrade's handover runs (an upgrade takes 2-5 s here).
+FRAGMENT_S = 6
+LL_BODY = (f"hls {{ enabled on; hls_fragment {FRAGMENT_S}; hls_window 24; hls_dispose 30; hls_use_fmp4 on; "
+           "hls_part 0.5; }")
 # The issue's bound on what an upgrade costs a viewer (the handover stall), asserted as is.
 STALL_BOUND_S = 0.4
 
@@ -75,6 +77,14 @@ def read_response(sock: socket.socket) -> tuple[int, dict, bytes]:
             return 0, headers, body
         body += chunk
     return int(lines[0].split()[1]), headers, body
+
+
+def wait_for_the_first_cut(server) -> int:
+    """Wait until the stream's first segment is cut (its playlist appears); the media sequence number of the
+    segment after the open one, whose first part comes about FRAGMENT_S later."""
+    base = m3u8_url(server) + "?hls_ctx=cut"
+    wait_for(lambda: get(base)[0] == 200, 3 * FRAGMENT_S, interval=0.05, what="the first segment")
+    return segments_of(get(base)[2].decode())[-1][0] + 2
 
 
 def old_worker_exit_s(server, old_pid: int, timeout: float) -> float:
@@ -168,7 +178,7 @@ def test_ll_hls_held_reload_is_answered_by_the_new_worker_and_sessions_keep_ids_
     server = UpgradeServer(vhost_body=LL_BODY).start()
     publisher = publish_file(server.rtmp_url(), test_flv)
     try:
-        wait_segments(server, 1)
+        msn = wait_for_the_first_cut(server)
         base = m3u8_url(server)
         for ctx in ("viewer01", "kicked01"):
             status, _, body = get(base + f"?hls_ctx={ctx}")
@@ -177,14 +187,9 @@ def test_ll_hls_held_reload_is_answered_by_the_new_worker_and_sessions_keep_ids_
             assert get(f"http://127.0.0.1:{server.http_port}/live/{uri}")[0] == 200
         req = urllib.request.Request(server.api("/api/v1/clients/kicked01"), method="DELETE")
         assert urllib.request.urlopen(req, timeout=5).status == 200
-        before = {c["id"]: c for c in api_clients(server)}
+        before, before_at = {c["id"]: c for c in api_clients(server)}, time.monotonic()
         assert "viewer01" in before and "kicked01" not in before, before
-        # Right after a segment is cut, ask for the first part of the one after the open one: held ~4 s.
-        first = segments_of(get(base + "?hls_ctx=viewer01")[2].decode())[-1][0]
-        wait_for(lambda: segments_of(get(base + "?hls_ctx=viewer01")[2].decode())[-1][0] > first, 10,
-                 interval=0.05, what="a segment to be cut")
-        playlist = get(base + "?hls_ctx=viewer01")[2].decode()
-        msn = segments_of(playlist)[-1][0] + 2
+        # Right after a segment is cut, ask for the first part of the one after the open one: held ~6 s.
         old_pid = server.live_worker_pids()[-1]
         held = raw_request(server.http_port, f"/live/livestream.m3u8?hls_ctx=viewer01&_HLS_msn={msn}&_HLS_part=0")
         started = time.monotonic()
@@ -210,13 +215,15 @@ def test_ll_hls_held_reload_is_answered_by_the_new_worker_and_sessions_keep_ids_
               f"from when a poller first saw the part")
         assert status == 200 and lists(body.decode(), msn, 0), body[-600:]
         assert "taken over: held hls request" in server.log(), "the old worker answered it"
-        assert answered - started < 3 * 4, "answered at the RFC deadline, not when the part existed"
+        assert answered - started < 3 * FRAGMENT_S, "answered at the RFC deadline, not when the part existed"
         assert "at" in seen and answered - seen["at"] < 0.5
         # The sessions: the same ids and ages, counters that go on, the kicked one still gone.
-        after = {c["id"]: c for c in api_clients(server)}
+        after, after_at = {c["id"]: c for c in api_clients(server)}, time.monotonic()
         assert set(before) <= set(after) and "kicked01" not in after, after
         for cid in before:
-            assert after[cid]["alive"] >= before[cid]["alive"] and after[cid]["send_bytes"] >= before[cid]["send_bytes"]
+            # The same session, not one adopted anew: its age went on with the wall clock, its bytes add up.
+            assert abs((after[cid]["alive"] - before[cid]["alive"]) - (after_at - before_at)) < 1.0, (cid, after)
+            assert after[cid]["send_bytes"] >= before[cid]["send_bytes"]
         assert after["viewer01"]["send_bytes"] >= before["viewer01"]["send_bytes"] + len(body)
         print(f"viewer01: alive {before['viewer01']['alive']} -> {after['viewer01']['alive']} s, sent "
               f"{before['viewer01']['send_bytes']} -> {after['viewer01']['send_bytes']} bytes")
@@ -243,8 +250,8 @@ def test_hundreds_of_held_requests_and_idle_keep_alives_during_an_upgrade(test_f
     socks: list[socket.socket] = []
     player = None
     try:
-        wait_segments(server, 1)
-        player = TimedPlayer(server.rtmp_url("other"), 15).start()
+        player = TimedPlayer(server.rtmp_url("other"), 60).start()
+        msn = wait_for_the_first_cut(server)
         wait_for(player.playing, 20, what="the RTMP player of the other stream")
         base = f"/live/livestream.m3u8"
         idle = []
@@ -253,8 +260,6 @@ def test_hundreds_of_held_requests_and_idle_keep_alives_during_an_upgrade(test_f
             status, headers, _ = read_response(sock)
             assert status == 200 and headers["connection"] == "keep-alive"
             idle.append(sock)
-        playlist = get(m3u8_url(server) + "?hls_ctx=h")[2].decode()
-        msn = segments_of(playlist)[-1][0] + 2
         held = [raw_request(server.http_port, f"{base}?hls_ctx=held{i:04d}&_HLS_msn={msn}&_HLS_part={i % 3}")
                 for i in range(HELD)]
         socks = idle + held
@@ -272,16 +277,17 @@ def test_hundreds_of_held_requests_and_idle_keep_alives_during_an_upgrade(test_f
             sock.sendall(f"GET {base}?hls_ctx=idle HTTP/1.1\r\nHost: t\r\n\r\n".encode())
             status, _, _ = read_response(sock)
             statuses[f"idle {status}"] = statuses.get(f"idle {status}", 0) + 1
-        result = player.finish(30)
+        player.kill()
         stall = player.worst_gap()
         calm = [b - a for a, b in zip(player.arrivals, player.arrivals[1:]) if b < upgrade_at]
         moved = re.findall(r"handover done: (\{.*\})", server.log())
+        held_moved = server.log().count("taken over: held hls request")
         print(f"upgrade in {took:.2f}s, old worker exited {exit_s:.2f}s after; answers {statuses}; RTMP player of "
               f"another stream: worst gap {stall * 1000:.0f} ms (bound {STALL_BOUND_S * 1000:.0f}; "
-              f"{max(calm, default=0) * 1000:.0f} ms before the upgrade); {moved}")
+              f"{max(calm, default=0) * 1000:.0f} ms before the upgrade); {held_moved} held requests moved; {moved}")
         assert statuses == {200: HELD, "idle 200": IDLE}, statuses
+        assert held_moved > 0, "no held request was pending at the handover: the test did not test it"
         assert exit_s < 5.0 + 1, "the old worker outlived its drain bound"
-        assert result.returncode == 0, result.stderr[-1000:]
         assert stall < STALL_BOUND_S
     finally:
         for sock in socks:

@@ -18,7 +18,8 @@ from nonstop.server.hls_http import HlsSession, HlsSessions
 from tests.unit.handover_harness import CONFIG, Client, Handover, ServedWorker, Stepper, wait_until
 from tests.unit.test_hls_http import AVC_SH, frame
 
-HLS_CONFIG = CONFIG.replace("    publish {", """    hls { enabled on; hls_fragment 1; hls_window 10; hls_use_fmp4 on; hls_part 0.5; }
+HLS_CONFIG = CONFIG.replace("    publish {", """\
+    hls { enabled on; hls_fragment 1; hls_window 10; hls_use_fmp4 on; hls_part 0.5; }
     publish {""")
 
 
