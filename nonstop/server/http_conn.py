@@ -409,7 +409,9 @@ class HttpConnection(asyncio.Protocol):
         if self.closed:
             return
         if self.left_behind:
-            if self.deadline is not None and now >= self.deadline:
+            if not self.role and self.transport is not None and not self.transport.get_write_buffer_size():
+                self.close("left behind by an upgrade's handover: its response went out")    # a FIN
+            elif self.deadline is not None and now >= self.deadline:
                 self.close("left behind by an upgrade's handover")
             return
         if self.role == "play":
@@ -434,7 +436,8 @@ class HttpConnection(asyncio.Protocol):
             self.worker.closed_dropped += self.consumer.dropped     # for /metrics' dropped messages
             self.consumer = None
         self.worker.access.closed(self)     # what the hook server is owed (on_stop / on_close)
-        if abort or self.left_behind:
+        if abort or (self.left_behind and (self.role or (self.transport is not None
+                                                         and self.transport.get_write_buffer_size()))):
             reset(self.transport)       # a kick, or a left-behind connection whose bound is up
         elif self.transport is not None:
             self.transport.close()

@@ -254,3 +254,39 @@ def test_the_session_table_moved_is_bounded(monkeypatch):
     sessions.touch("other", None, type("O", (Seg,), {"stream": "t"})(), "ip", 9.0)
     snaps = sessions.snapshot_for("v", "a", "s")
     assert [s[0] for s in snaps] == ["c4", "c3", "c2"]      # the most recently seen
+
+
+def test_a_keep_alive_connection_still_writing_is_left_behind_and_closed_with_a_fin_once_drained():
+    """I5 for HLS: a player still reading its last segment does not hold the handover back; it stays on the old
+    worker, which neither resets it nor closes it as an idle keep-alive while its response drains, then closes it
+    cleanly (a FIN, not a reset)."""
+    class Writing:
+        """The connection's transport, with a write buffer that does not shrink until the test says so."""
+        def __init__(self, transport):
+            self.transport, self.size = transport, 1000
+
+        def __getattr__(self, name):
+            return getattr(self.transport, name)
+
+        def get_write_buffer_size(self):
+            return self.size
+
+    async def main():
+        old, new = await ServedWorker(HLS_CONFIG).start(), await ServedWorker(HLS_CONFIG).start()
+        publisher, source = await live_stream(old)
+        player = await Http().open(old.http_port)
+        assert (await player.get(f"{source.hls.m3u8_name}?hls_ctx=eeee0005"))[0] == 200
+        conn = old.conn_of(player.port)
+        conn.transport = writing = Writing(conn.transport)
+        sent, _ = await Handover(old, new).finish()
+        assert sent.drained == 1 and old.conn_of(player.port) is conn and conn.left_behind
+        old.worker.draining = True
+        old.worker.sweep(time.monotonic())
+        assert not conn.closed, "closed as an idle keep-alive while its response drains"
+        writing.size = 0
+        old.worker.sweep(time.monotonic())
+        assert conn.closed
+        assert await asyncio.wait_for(player.reader.read(), 5) == b""      # a FIN: no ConnectionResetError
+        await old.stop()
+        await new.stop()
+    run(main())
