@@ -4,7 +4,8 @@ Real Worker objects in one uvloop loop, the real transfer code between them over
 RTMP clients on loopback. Rules interleave player joins (and probes that hang up at their first frame),
 leaves, publishes, unpublishes, server-side kicks and media with every step of the handover (the `step`
 seam of transfer.py stops it at each phase). After every step:
-- each live client socket is served by exactly one worker;
+- each live client socket is served by exactly one worker (HTTP connections between requests too: they move
+  with the idle connections);
 - a stream with a live publisher has its source on the worker serving the publisher, with that publisher,
   and every live player plays the source its worker holds for its stream;
 - no pinned source was freed;
@@ -22,10 +23,47 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from tests.unit.handover_harness import Client, Handover, ServedWorker, Stepper, wait_until
+from tests.unit.handover_harness import CONFIG, Client, Handover, ServedWorker, Stepper, wait_until
 
 STREAMS = ("a", "b")
 KEY = "__defaultVhost__/live/{}"
+# HTTP connections that have sent nothing wait here for the whole run (the default gives them 10 s).
+MACHINE_CONFIG = CONFIG.replace("max_connections 1000;", "max_connections 1000;\nhandshake_timeout 600000;")
+
+
+class HttpIdle:
+    """An HTTP connection between requests (a keep-alive player between two polls, or one that has not asked
+    yet): it moves with the idle connections and must never be closed by the handover."""
+
+    role, stream = "http", ""
+
+    def __init__(self):
+        self.left = self.kicked = self.server_closed = False
+        self.port = 0
+        self.reader = self.writer = self.task = None
+
+    async def open(self, port: int) -> "HttpIdle":
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", port)
+        self.port = self.writer.get_extra_info("sockname")[1]
+        self.task = asyncio.ensure_future(self._read())
+        return self
+
+    async def _read(self) -> None:
+        try:
+            await self.reader.read()
+        except (OSError, asyncio.CancelledError):
+            pass
+        if not self.left:
+            self.server_closed = True
+
+    async def leave(self) -> None:
+        self.left = True
+        self.task.cancel()
+        self.writer.close()
+
+    @property
+    def live(self) -> bool:
+        return not self.left and not self.kicked and not self.server_closed
 
 
 class HandoverMachine(RuleBasedStateMachine):
@@ -43,7 +81,7 @@ class HandoverMachine(RuleBasedStateMachine):
 
     @initialize()
     def start(self):
-        self.serving = self.run(ServedWorker().start())
+        self.serving = self.run(ServedWorker(MACHINE_CONFIG).start())
         self.workers.append(self.serving)
 
     # ----- where clients go ------------------------------------------------------------------------------
@@ -87,6 +125,20 @@ class HandoverMachine(RuleBasedStateMachine):
         players = self.live("play")
         self.run(players[pick % len(players)].leave())
 
+    @rule()
+    def join_http_idle(self):
+        async def join():
+            client = await HttpIdle().open(self.front.http_port)
+            self.clients.append(client)
+            await wait_until(lambda: self.front.conn_of(client.port) is not None, what="http conn registered")
+        self.run(join())
+
+    @precondition(lambda self: any(c.role == "http" for c in self.live()))
+    @rule(pick=st.integers(0, 10_000))
+    def leave_http(self, pick):
+        idle = self.live("http")
+        self.run(idle[pick % len(idle)].leave())
+
     @rule(stream=st.sampled_from(STREAMS))
     def publish(self, stream):
         if self.live("publish", stream):
@@ -129,7 +181,7 @@ class HandoverMachine(RuleBasedStateMachine):
     @rule()
     def start_handover(self):
         async def begin():
-            new = await ServedWorker().start()
+            new = await ServedWorker(MACHINE_CONFIG).start()
             self.workers.append(new)
             self.handover = Handover(self.serving, new, Stepper())
             await self._step()
@@ -168,6 +220,8 @@ class HandoverMachine(RuleBasedStateMachine):
         if self.serving is None:
             return
         for client in self.live():
+            if client.role == "http":
+                continue
             [worker] = self.served_by(client)
             conn = worker.conn_of(client.port)
             source = worker.worker.registry.sources.get(KEY.format(client.stream))
