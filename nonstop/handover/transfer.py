@@ -32,7 +32,8 @@ I3. A batch is all or nothing: ACK = all moved, NAK = none moved. The receiver r
     sockets with reading paused, and only once all are connected registers and resumes them in one
     synchronous step. Any failure before that step undoes the staging (the fds are closed without a FIN:
     the sender still holds its own) and answers NAK. uvloop reads a socket as soon as its transport exists:
-    a staged connection holds what it reads (RtmpConnection.data_received) and acts on it after the commit.
+    a staged connection holds what it reads (RtmpConnection.data_received, HttpConnection.data_received: an HLS
+    player's next request) and acts on it after the commit.
     The one way such bytes can be lost is a socket that cannot be connected at all (EBADF-like) in the same
     batch: the batch is then refused and what the others held is dropped with it.
 I4. What moved is never killed because something later failed. A failed batch rolls back only itself; the
@@ -41,11 +42,14 @@ I4. What moved is never killed because something later failed. A failed batch ro
 I5. A stuck writer never holds back its stream. The quiesce moves a stream as soon as every writer that makes
     progress has drained; a writer whose buffer did not shrink for STUCK_AFTER_S is left behind alone (it
     gets the unpublish notice, drains here, and is cut LEFT_BEHIND_MAX_S later: the old worker's exit is
-    bounded even with `grace_max_wait 0`).
+    bounded even with `grace_max_wait 0`). A keep-alive HTTP connection still writing its last response is
+    left behind the same way: it is closed with a FIN once its response went out, or cut at that bound.
 I6. Frames are bounded by construction: a frame holds at most MAX_FDS_PER_FRAME fds and at most
     MAX_BATCH_BYTES of connection snapshots; a connection whose own snapshot is over MAX_CONN_SNAPSHOT stays
     behind alone (its stream stays too if it is the publisher); each snapshot is pickled on its own, so the
-    sender never builds more than one batch's bytes at once; a source over wire.MAX_PAYLOAD stays.
+    sender never builds more than one batch's bytes at once; a source over wire.MAX_PAYLOAD stays. The source's
+    frame carries at most hls_http.MAX_SESSIONS_MOVED HLS sessions (about 15 MB); a held HLS request adds its
+    request head to its connection's snapshot (at most http_conn.MAX_REQUEST_HEAD).
 
 A broken link (the receiver is gone) ends the handover; what was not acknowledged is still the sender's. If
 the link breaks after a commit was sent but before its answer, the sender resumes the batch: the receiver
