@@ -276,8 +276,8 @@ def test_ll_hls_through_an_upgrade_held_requests_sessions_and_keep_alives(test_f
         exit_s = watch.gone_at - done_at if watch.gone_at is not None else None
         print(f"viewer01: alive {before['viewer01']['alive']} -> {after['viewer01']['alive']} s, sent "
               f"{before['viewer01']['send_bytes']} -> {after['viewer01']['send_bytes']} bytes; answers {statuses}; "
-              f"{held_moved} held requests moved; old worker gone {exit_s or 0:.2f} s after the upgrade; RTMP player of "
-              f"another stream: worst gap {stall * 1000:.0f} ms (bound {STALL_BOUND_S * 1000:.0f}; "
+              f"{held_moved} held requests moved; old worker gone {exit_s or 0:.2f} s after the upgrade; "
+              f"RTMP player of another stream: worst gap {stall * 1000:.0f} ms (bound {STALL_BOUND_S * 1000:.0f}; "
               f"{max(calm, default=0) * 1000:.0f} ms before the upgrade); "
               f"{re.findall(r'handover done: (.*)', server.log())}")
         assert statuses == {200: HELD, "idle 200": IDLE}, statuses
