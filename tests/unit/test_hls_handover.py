@@ -290,3 +290,26 @@ def test_a_keep_alive_connection_still_writing_is_left_behind_and_closed_with_a_
         await old.stop()
         await new.stop()
     run(main())
+
+
+def test_a_half_received_request_stays_and_is_answered_by_the_old_worker_with_close():
+    """A request head half read when the handover starts does not move (its parser state does not): the old worker
+    reads the rest, answers from the copy it has with `Connection: close`, and the player's next connection goes
+    to the new worker."""
+    async def main():
+        old, new = await ServedWorker(HLS_CONFIG).start(), await ServedWorker(HLS_CONFIG).start()
+        publisher, source = await live_stream(old)
+        player = await Http().open(old.http_port)
+        player.writer.write(f"GET /{source.hls.m3u8_name}?hls_ctx=ffff0006 HTTP/1.1\r\nHo".encode())
+        await wait_until(lambda: old.conn_of(player.port) is not None and old.conn_of(player.port).in_message,
+                         what="half a request read")
+        sent, _ = await Handover(old, new).finish()
+        assert old.conn_of(player.port) is not None and new.conn_of(player.port) is None
+        old.worker.draining = True      # what the old worker does once the handover is over
+        player.writer.write(b"st: x\r\n\r\n")
+        status, headers, body = await player.answer()
+        assert status == 200 and headers["connection"] == "close" and body.startswith(b"#EXTM3U")
+        assert await asyncio.wait_for(player.reader.read(), 5) == b""
+        await old.stop()
+        await new.stop()
+    run(main())
