@@ -31,6 +31,21 @@ KEY = "__defaultVhost__/live/{}"
 MACHINE_CONFIG = CONFIG.replace("max_connections 1000;", "max_connections 1000;\nhandshake_timeout 600000;")
 
 
+def conn_for(worker: ServedWorker, client):
+    """The worker's open connection of this client socket: its port and the server port it connected to (a
+    client port alone can be reused: a client that left while the old worker had stopped reading it is still
+    registered there until its handover, and a new client may get its port number towards another listener)."""
+    writer = client.rtmp.writer if isinstance(client, Client) else client.writer
+    ours = (client.port, writer.get_extra_info("peername")[1])
+    for conn in worker.worker.conns.values():
+        if conn.closed or conn.transport is None:
+            continue
+        peer, local = conn.transport.get_extra_info("peername"), conn.transport.get_extra_info("sockname")
+        if peer and local and (peer[1], local[1]) == ours:
+            return conn
+    return None
+
+
 class HttpIdle:
     """An HTTP connection between requests (a keep-alive player between two polls, or one that has not asked
     yet): it moves with the idle connections and must never be closed by the handover."""
@@ -100,7 +115,7 @@ class HandoverMachine(RuleBasedStateMachine):
                 and (stream is None or c.stream == stream)]
 
     def served_by(self, client: Client) -> list[ServedWorker]:
-        return [w for w in self.current if w.conn_of(client.port) is not None]
+        return [w for w in self.current if conn_for(w, client) is not None]
 
     # ----- client rules ----------------------------------------------------------------------------------
 
@@ -171,7 +186,7 @@ class HandoverMachine(RuleBasedStateMachine):
         clients = self.live()
         client = clients[pick % len(clients)]
         for worker in self.served_by(client):
-            conn = worker.conn_of(client.port)
+            conn = conn_for(worker, client)
             client.kicked = True
             conn.kick("kicked by the test")
 
@@ -199,7 +214,7 @@ class HandoverMachine(RuleBasedStateMachine):
             old, new = self.handover.old, self.handover.new
             # What was not moved must be a connection that closed or was left behind, never a live one.
             for client in self.live():
-                assert old.conn_of(client.port) is None, f"live client {client.port} left on the old worker"
+                assert conn_for(old, client) is None, f"live client {client.port} left on the old worker"
             self.handover = None
             self.serving = new
             self.upgrades += 1
@@ -223,7 +238,7 @@ class HandoverMachine(RuleBasedStateMachine):
             if client.role == "http":
                 continue
             [worker] = self.served_by(client)
-            conn = worker.conn_of(client.port)
+            conn = conn_for(worker, client)
             source = worker.worker.registry.sources.get(KEY.format(client.stream))
             assert source is not None and conn.source is source, f"{client.role} {client.stream}: no source"
             if client.role == "publish":
