@@ -7,13 +7,22 @@ The sender goes stream by stream, so a publisher always moves together with its 
    (SCM_RIGHTS), in as many frames as the bounds below need, then a commit;
 3. on the receiver's acknowledgement of the commit, drop the connections without a FIN (the fd lives on in
    the receiver); on a refusal or an error, resume them here as if nothing happened.
-Connections with no stream yet (handshaking, connected and idle) move last, in batches of their own.
+Connections with no stream yet (handshaking, connected and idle RTMP; HTTP connections between two requests,
+such as a keep-alive HLS player between polls) move last, in batches of their own. An HTTP request half read or
+being answered is not moved: the old worker answers it (with `Connection: close`) and the connection drains.
 
 Invariants of the handover (architecture.md), and where each is kept:
 
 I1. A stream's source, publisher and players are one unit, moved in one all-or-nothing batch.
     `_stream_conns` reads the stream's members from the source itself (`Source.publisher`, the sinks of
     `Source.consumers`): the one list, so a player that joined before its stream arrived here is moved too.
+    An HTTP connection holding an LL-HLS request is a member of the stream whose segmenter holds it
+    (`HlsSessions.held_conns`): its request (method, path, query, deadline) moves as plain data in its snapshot
+    and is answered, or held again until that deadline, by the receiver once the batch commits. While its batch
+    is in flight neither side answers it: the segmenter's wake and the sweep skip a connection handing over.
+    The stream's HLS viewers (hls_ctx sessions, counters and kicks) travel in the source's frame, plain data
+    bounded by hls_http.MAX_SESSIONS_MOVED; the receiver merges them at the commit. Sessions beyond the bound,
+    or from a sender without them, are adopted as new at their next request (the fallback).
 I2. A source being received is pinned (never freed as idle, by `on_idle` or the sweep) until its publisher is
     attached or the stream is known to be gone. `_Receiver._commit` adopts the source pinned
     (`SourceRegistry.pin`) and releases it only after the batch's publisher was attached, or when the batch
@@ -23,7 +32,8 @@ I3. A batch is all or nothing: ACK = all moved, NAK = none moved. The receiver r
     sockets with reading paused, and only once all are connected registers and resumes them in one
     synchronous step. Any failure before that step undoes the staging (the fds are closed without a FIN:
     the sender still holds its own) and answers NAK. uvloop reads a socket as soon as its transport exists:
-    a staged connection holds what it reads (RtmpConnection.data_received) and acts on it after the commit.
+    a staged connection holds what it reads (RtmpConnection.data_received, HttpConnection.data_received: an HLS
+    player's next request) and acts on it after the commit.
     The one way such bytes can be lost is a socket that cannot be connected at all (EBADF-like) in the same
     batch: the batch is then refused and what the others held is dropped with it.
 I4. What moved is never killed because something later failed. A failed batch rolls back only itself; the
@@ -32,11 +42,14 @@ I4. What moved is never killed because something later failed. A failed batch ro
 I5. A stuck writer never holds back its stream. The quiesce moves a stream as soon as every writer that makes
     progress has drained; a writer whose buffer did not shrink for STUCK_AFTER_S is left behind alone (it
     gets the unpublish notice, drains here, and is cut LEFT_BEHIND_MAX_S later: the old worker's exit is
-    bounded even with `grace_max_wait 0`).
+    bounded even with `grace_max_wait 0`). A keep-alive HTTP connection still writing its last response is
+    left behind the same way: it is closed with a FIN once its response went out, or cut at that bound.
 I6. Frames are bounded by construction: a frame holds at most MAX_FDS_PER_FRAME fds and at most
     MAX_BATCH_BYTES of connection snapshots; a connection whose own snapshot is over MAX_CONN_SNAPSHOT stays
     behind alone (its stream stays too if it is the publisher); each snapshot is pickled on its own, so the
-    sender never builds more than one batch's bytes at once; a source over wire.MAX_PAYLOAD stays.
+    sender never builds more than one batch's bytes at once; a source over wire.MAX_PAYLOAD stays. The source's
+    frame carries at most hls_http.MAX_SESSIONS_MOVED HLS sessions (about 15 MB); a held HLS request adds its
+    request head to its connection's snapshot (at most http_conn.MAX_REQUEST_HEAD).
 
 A broken link (the receiver is gone) ends the handover; what was not acknowledged is still the sender's. If
 the link breaks after a commit was sent but before its answer, the sender resumes the batch: the receiver
@@ -198,13 +211,16 @@ async def hand_over_on(worker, sock: socket.socket, *, totals=None, step=None) -
 
 def _idle(worker) -> list:
     return [c for c in list(worker.conns.values())
-            if c.kind == "rtmp" and not c.role and not c.closed and not c.close_reason]
+            if (c.kind == "rtmp" and not c.role and not c.closed and not c.close_reason)
+            or (c.kind == "http" and c.between_requests())]
 
 
 def _stream_conns(worker, source: Source) -> list:
     """The stream's connections, from the source's own lists (I1): its publisher and the sinks of its
     consumers, those that are connections of this worker (an edge's ingester or forwarder stays)."""
     members = [source.publisher] + [c.sink for c in list(source.consumers)]
+    if source.hls is not None:
+        members += worker.hls_sessions.held_conns(source.hls)
     return [c for c in members if c is not None and worker.conns.get(getattr(c, "cid", None)) is c and not c.closed]
 
 
@@ -333,7 +349,9 @@ async def _hand_over_stream(worker, link: _Link, source: Source, stats: Handover
         if publisher is not None and publisher not in movable:
             publisher = None
         too_big: list = []
-        source_payload = wire.dumps({"type": "source", "source": source.snapshot()})
+        source_payload = wire.dumps({"type": "source", "source": source.snapshot(),
+                                     "hls_sessions": worker.hls_sessions.snapshot_for(source.vhost, source.app,
+                                                                                      source.stream)})
         if len(source_payload) > wire.MAX_PAYLOAD:
             raise _Refused(f"its source's snapshot of {len(source_payload)} bytes is over {wire.MAX_PAYLOAD}")
         # The publisher goes last: the receiver resumes reading from it last, so a keyframe cannot trim the
@@ -489,6 +507,7 @@ class _Receiver:
         self.step = step
         self.stats = HandoverStats()
         self.source: Source | None = None
+        self.sessions: list = []        # the source's HLS sessions (plain data), merged at the commit
         self.staged: list = []          # [(conn, socket)]
         self.failed = False             # a frame of this batch was refused: refuse until the next batch
 
@@ -499,6 +518,7 @@ class _Receiver:
             sock.close()
         self.staged = []
         self.source = None
+        self.sessions = []
         self.failed = False
 
     async def on_frame(self, kind, frame: dict, fds: list[int]) -> bool:
@@ -515,6 +535,8 @@ class _Receiver:
         try:
             if kind == "source":
                 self.source = Source.restore(frame["source"], time.monotonic())
+                self.sessions = list(frame.get("hls_sessions") or [])
+                self.worker.hls_sessions.check(self.sessions)    # refused now, whole, not half-merged later
                 await self.step("received", self.source.key)
             elif kind == "conns":
                 self._stage(frame["conns"], fds)
@@ -553,8 +575,8 @@ class _Receiver:
     async def _commit(self, publisher_cid) -> bool:
         """Connect every staged socket (reading paused), then register the source and every connection in one
         synchronous step (I3), the source pinned until its publisher is attached (I2)."""
-        staged, source = self.staged, self.source
-        self.staged, self.source = [], None
+        staged, source, sessions = self.staged, self.source, self.sessions
+        self.staged, self.source, self.sessions = [], None, []
         loop = asyncio.get_running_loop()
         connected = []
         try:
@@ -592,6 +614,7 @@ class _Receiver:
                     conn.abandon_takeover()
                 self.stats.refused += 1
                 return False
+        self.worker.hls_sessions.restore(self.worker, sessions)    # checked when received: cannot fail
         attached = False
         for conn in connected:
             # Past the point of no return (I3): some of the batch may already read here, so the batch is

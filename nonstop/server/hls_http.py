@@ -9,14 +9,17 @@ Cache-Control for the playlist and a long one for segments, which never change o
 Viewers, as SRS 5+ tracks them (srs_app_http_static.cpp, hls_ctx): a playlist request without `hls_ctx` gets a
 one-variant master playlist pointing at the same URL with a new `?hls_ctx=ID`; requests with it renew the
 session, and segment URIs carry it too (hls_ts_ctx), so /api/v1/clients lists each viewer with its bytes. A
-session ends 2 * hls_window after its last request, as in SRS. Unlike SRS, an `hls_ctx` this worker does not
-know (a session from before an upgrade) is adopted rather than answered with a new master playlist, so a player
-polling through an upgrade keeps getting media playlists.
+session ends 2 * hls_window after its last request, as in SRS. The sessions of a stream move with its source in an
+upgrade (HlsSessions.snapshot_for / restore, plain data). Unlike SRS, an `hls_ctx` this worker does not know (one
+that did not move) is adopted rather than answered with a new master playlist, so a player polling through an
+upgrade keeps getting media playlists.
 
-During an upgrade: a new worker still taking over holds an HLS request for a stream not here yet until the
-stream arrives (as HTTP-FLV does); an old worker that handed its streams over answers from the frozen copy it
-still has, with `Connection: close`, and answers a path it does not know with a redirect to itself, so the
-player's next connection reaches the new worker instead of a 404.
+During an upgrade: a held LL-HLS request moves with its stream (Held.snapshot, resume_held) and a connection
+between two requests moves with the idle ones (HttpConnection, transfer.py). A new worker still taking over holds
+an HLS request for a stream not here yet until the stream arrives (as HTTP-FLV does); an old worker that handed
+its streams over answers a request it was reading from the frozen copy it still has, with `Connection: close`,
+and answers a path it does not know with a redirect to itself, so the player's next connection reaches the new
+worker instead of a 404.
 """
 
 from __future__ import annotations
@@ -43,6 +46,14 @@ SESSION_ID_BYTES = 4        # 8 hex characters, as SRS's srs_random_str(8)
 CTX = "hls_ctx"
 HLS_SUFFIXES = (".m3u8", ".ts")
 CLIENT_TYPE = "hls-play"    # SRS's srs_client_type_string(SrsHlsPlay)
+# An upgrade moves each stream's sessions with its source (transfer.py), most recently seen first, at most this
+# many (about 150 bytes each pickled: 15 MB, far under the handover frame's bound). Any beyond it are adopted
+# by the new worker as new sessions at their next request, as a session from an older build is.
+MAX_SESSIONS_MOVED = 100_000
+# A held request as it moves in an upgrade (HttpConnection.snapshot): plain data.
+HELD_FIELDS = ("method", "path", "query", "deadline")
+_SESSION_FIELDS = ("cid", "vhost", "app", "stream", "ip", "created_at", "created_wall", "last_seen", "send_bytes",
+                   "recv_bytes", "requests", "window_s", "closed")
 
 _CORS = ("Access-Control-Allow-Origin: *\r\n"
          "Access-Control-Allow-Methods: GET, HEAD, OPTIONS\r\n"
@@ -81,6 +92,20 @@ class HlsSession:
     def source(self):
         """The stream's source while it is here (the API lists a session with its stream)."""
         return self.worker.registry.get(self.vhost, self.app, self.stream)
+
+    def snapshot(self) -> list:
+        """Plain data, in _SESSION_FIELDS order (times are time.monotonic(): system-wide, as deadlines are)."""
+        return [getattr(self, name) for name in _SESSION_FIELDS]
+
+    @classmethod
+    def restore(cls, worker, snap: list) -> "HlsSession":
+        if not isinstance(snap, (list, tuple)) or len(snap) != len(_SESSION_FIELDS):
+            raise ValueError(f"an HLS session snapshot that does not fit: {snap!r:.200}")
+        self = cls.__new__(cls)
+        self.worker, self.headers = worker, {}
+        for name, value in zip(_SESSION_FIELDS, snap):
+            setattr(self, name, value)
+        return self
 
     def expired(self, now: float) -> bool:
         return now - self.last_seen > 2 * self.window_s
@@ -125,7 +150,10 @@ class HlsSessions:
         if self.anonymous:
             self.anonymous = {key: until for key, until in self.anonymous.items() if now < until}
         if self.held:
-            expired = [h for h in self.held if not h.done and now >= h.deadline]
+            # One in an upgrade's batch waits for its batch (answered here if the batch stays, there if it moves);
+            # one whose connection moved or closed is dropped.
+            expired = [h for h in self.held if not h.done
+                       and (h.conn.closed or (now >= h.deadline and not h.conn.handing_over))]
             self.held = [h for h in self.held if not h.done and h not in expired]
             for held in expired:
                 held.answer(False)
@@ -135,6 +163,44 @@ class HlsSessions:
                 del self.sessions[ctx]
                 log.trace(ctx, f"close hls player ip={session.ip}, alive={now - session.created_at:.2f}s, "
                                f"sent={session.send_bytes} bytes, reason=no request for {2 * session.window_s:.0f}s")
+
+    def held_conns(self, segmenter) -> list:
+        """The connections whose request `segmenter` holds (members of its stream in an upgrade: transfer.py I1)."""
+        return [h.conn for h in self.held if h.segmenter is segmenter and not h.done and not h.conn.closed]
+
+    def snapshot_for(self, vhost: str, app: str, stream: str) -> list:
+        """The sessions of one stream, to move with its source in an upgrade (bounded: MAX_SESSIONS_MOVED)."""
+        mine = [s for s in self.sessions.values() if (s.vhost, s.app, s.stream) == (vhost, app, stream)]
+        if len(mine) > MAX_SESSIONS_MOVED:
+            mine.sort(key=lambda s: s.last_seen, reverse=True)
+            del mine[MAX_SESSIONS_MOVED:]
+        return [s.snapshot() for s in mine]
+
+    def check(self, snaps: list) -> None:
+        """Raise ValueError unless `snaps` are sessions restore() can merge (a handover batch is refused then)."""
+        if not isinstance(snaps, list):
+            raise ValueError("HLS sessions that are not a list")
+        for snap in snaps:
+            session = HlsSession.restore(None, snap)
+            if not isinstance(session.cid, str) or not all(isinstance(getattr(session, n), (int, float))
+                                                           for n in ("created_at", "last_seen", "send_bytes")):
+                raise ValueError(f"an HLS session snapshot that does not fit: {snap!r:.200}")
+
+    def restore(self, worker, snaps: list) -> None:
+        """Sessions moved by an upgrade. A player that reached this worker during the upgrade was adopted as a
+        new session with its ctx: it is merged into the moved one (its counters add up, a kick holds)."""
+        for snap in snaps[:MAX_SESSIONS_MOVED]:
+            moved = HlsSession.restore(worker, snap)
+            here = self.sessions.get(moved.cid)
+            if here is not None:
+                moved.send_bytes += here.send_bytes
+                moved.recv_bytes += here.recv_bytes
+                moved.requests += here.requests
+                moved.last_seen = max(moved.last_seen, here.last_seen)
+                moved.closed = moved.closed or here.closed
+            else:
+                self.total += 1
+            self.sessions[moved.cid] = moved
 
     def clients(self) -> list[HlsSession]:
         return [s for s in self.sessions.values() if not s.closed and s.source is not None]
@@ -274,7 +340,8 @@ def _redirect_to_self(conn, path: str, query: str) -> None:
 
 class Held:
     """A blocking request (LL-HLS): answered by the segmenter the moment what it waits for exists, or by the
-    worker's sweep at its deadline with what there is then. No task, no timer: a list entry on each side."""
+    worker's sweep at its deadline with what there is then. No task, no timer: a list entry on each side.
+    In an upgrade it moves with its stream as plain data (snapshot(), HELD_FIELDS) and is held again there."""
 
     __slots__ = ("conn", "method", "path", "query", "segmenter", "deadline", "done")
 
@@ -282,10 +349,15 @@ class Held:
         self.conn, self.method, self.path, self.query = conn, method, path, query
         self.segmenter, self.deadline, self.done = segmenter, deadline, False
 
+    def snapshot(self) -> dict:
+        return {"method": self.method, "path": self.path, "query": self.query, "deadline": self.deadline}
+
     def answer(self, block: bool) -> None:
         if self.done:
             return
         self.done = True
+        if self.conn.held is self:
+            self.conn.held = None
         if not self.conn.closed and not serve(self.conn, self.method, self.path, self.query, block=block):
             _respond(self.conn, self.method, 404, "Not Found", "text/plain", b"404 Not Found\n", "no-cache")
 
@@ -297,8 +369,20 @@ def _hold(conn, method: str, path: str, query: str, segmenter, ready) -> None:
     # Its answer is due by the hold's deadline (the sweep answers it then), not by the connection's deadline for
     # a request head (handshake_timeout, 10 s, shorter than 3 target durations of 10 s segments).
     conn.deadline = None
-    segmenter.waiters.append([ready, lambda: held.answer(True), held])
+    # Not while its connection is in an upgrade's batch: the snapshot that went says "held" (transfer.py I1).
+    segmenter.waiters.append([lambda: not conn.handing_over and ready(), lambda: held.answer(True), held])
     conn.worker.hls_sessions.held.append(held)
+    conn.held = held
+
+
+def resume_held(conn, spec: dict) -> None:
+    """A request held by the old worker, moved with its connection in an upgrade: answered now if what it
+    waits for is here (or its deadline passed), else held again here until its original deadline."""
+    block = time.monotonic() < spec["deadline"]
+    if not serve(conn, spec["method"], spec["path"], spec["query"], block=block):
+        _respond(conn, spec["method"], 404, "Not Found", "text/plain", b"404 Not Found\n", "no-cache")
+    elif conn.held is not None:
+        conn.held.deadline = spec["deadline"]
 
 
 class _Waiting:

@@ -35,6 +35,7 @@ from nonstop.server.names import name_problem
 from nonstop.reset import reset
 from nonstop.server import static
 from nonstop.server import hls_http
+from nonstop.server.hls_http import HELD_FIELDS
 
 # A request head larger than this is refused: an FLV GET is a few hundred bytes (h11 picks 16 KiB too).
 MAX_REQUEST_HEAD = 16 * 1024
@@ -109,6 +110,13 @@ class HttpConnection(asyncio.Protocol):
         self.complete = False       # the request was read whole (and answered, handed on, or playing)
         self.left_behind = False
         self.access = ConnAccess()  # what access control granted and is owed (nonstop/access)
+        # HLS (server/hls_http.py): the LL-HLS request this connection waits on (a hls_http.Held), set and
+        # cleared by hls_http; whether the last request was answered with keep-alive and no next one has begun
+        # (so the connection sits between requests, movable in an upgrade); bytes read while staged by a handover.
+        self.held = None
+        self.kept_alive = False
+        self.in_message = False
+        self._staged_data: list[bytes] = []
 
     @property
     def source(self):
@@ -135,6 +143,9 @@ class HttpConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
+            return
+        if self.restored is not None:
+            self._staged_data.append(data)     # staged by a handover batch: parsed once it commits (I3)
             return
         self.recv_bytes += len(data)
         if self.role:
@@ -172,6 +183,10 @@ class HttpConnection(asyncio.Protocol):
 
     # ----- httptools callbacks -----------------------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        self.in_message = True
+        self.kept_alive = False
+
     def on_url(self, url: bytes) -> None:
         self.url += url
         self._count_head(len(url))
@@ -188,6 +203,7 @@ class HttpConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self.closed:
             return  # a pipelined request after one that was answered or handed to the API (it has the bytes)
+        self.in_message = False
         self.complete = True
         method = self.parser.get_method().decode("latin-1")
         try:
@@ -382,6 +398,7 @@ class HttpConnection(asyncio.Protocol):
             return
         self.url, self.headers, self.head_bytes, self.buffered = b"", {}, 0, []
         self.deadline = time.monotonic() + keep_alive_s
+        self.kept_alive = True
 
     def _write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -392,7 +409,9 @@ class HttpConnection(asyncio.Protocol):
         if self.closed:
             return
         if self.left_behind:
-            if self.deadline is not None and now >= self.deadline:
+            if not self.role and self.transport is not None and not self.transport.get_write_buffer_size():
+                self.close("left behind by an upgrade's handover: its response went out")    # a FIN
+            elif self.deadline is not None and now >= self.deadline:
                 self.close("left behind by an upgrade's handover")
             return
         if self.role == "play":
@@ -417,7 +436,8 @@ class HttpConnection(asyncio.Protocol):
             self.worker.closed_dropped += self.consumer.dropped     # for /metrics' dropped messages
             self.consumer = None
         self.worker.access.closed(self)     # what the hook server is owed (on_stop / on_close)
-        if abort or self.left_behind:
+        if abort or (self.left_behind and (self.role or (self.transport is not None
+                                                         and self.transport.get_write_buffer_size()))):
             reset(self.transport)       # a kick, or a left-behind connection whose bound is up
         elif self.transport is not None:
             self.transport.close()
@@ -425,20 +445,35 @@ class HttpConnection(asyncio.Protocol):
             log.trace(self.cid, f"close flv player ip={self.ip}, alive={time.monotonic() - self.created_at:.2f}s, "
                                 f"reason={reason}")
 
-    # ----- handover (FLV players only; a request in flight drains here) ------------------------------------
+    # ----- handover ---------------------------------------------------------------------------------------
+    # What moves: FLV players (with their stream), connections holding an LL-HLS request (with the stream whose
+    # segmenter holds it: the request travels as plain data and is held again, or answered, by the new worker),
+    # and connections between requests (a keep-alive HLS player between two polls, or a new connection that has
+    # sent nothing yet; they move with the idle RTMP connections). A request half read, or being answered, drains
+    # here (its parser state does not move).
 
     def fileno(self) -> int:
         return self.transport.get_extra_info("socket").fileno()
+
+    def between_requests(self) -> bool:
+        """Nothing in flight on this connection: no request begun, none held, no body being written by us."""
+        return (not self.role and not self.closed and not self.in_message and self.held is None
+                and not self.left_behind and self.restored is None and self.transport is not None
+                and (self.kept_alive or self.recv_bytes == 0))
 
     def begin_handover(self) -> None:
         self.handing_over = True
         if self.consumer is not None:
             self.consumer.detach()
+        elif not self.role and self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()      # no next request starts here: the receiver reads it
 
     def cancel_handover(self) -> None:
         self.handing_over = False
         if not self.closed and self.consumer is not None:
             self.consumer.reattach(time.monotonic())
+        elif not self.closed and not self.role and self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def finish_handover(self) -> None:
         self.closed = True
@@ -463,17 +498,35 @@ class HttpConnection(asyncio.Protocol):
                 "consumer": self.consumer.snapshot() if self.consumer is not None else None,
                 "created_at": self.created_at, "created_wall": self.created_wall,
                 "control_bytes": self.control_bytes, "recv_bytes": self.recv_bytes, "deadline": self.deadline,
-                "access": self.access.snapshot()}
+                "access": self.access.snapshot(),
+                # HLS: the held request (method, path, query, deadline) with the headers it came with, or None.
+                "held": self.held.snapshot() if self.held is not None else None,
+                "headers": dict(self.headers) if self.held is not None else {},
+                "kept_alive": self.kept_alive}
 
     @classmethod
     def restore(cls, worker, snap: dict, source=None) -> "HttpConnection":
-        """An FLV player from a handover snapshot, with its stream's source from the same batch. Raises on a
-        snapshot that does not fit (transfer.py refuses the whole batch then, I3)."""
+        """An FLV player from a handover snapshot, with its stream's source from the same batch, or a connection
+        with no player (between requests, or holding an LL-HLS request). Raises on a snapshot that does not fit
+        (transfer.py refuses the whole batch then, I3)."""
         self = cls(worker, snap["listener"])
         self.cid, self.ip, self.role = snap["cid"], snap["ip"], snap["role"]
         if snap["vhost"] is not None:
             self.vhost = worker.config.vhosts.get(snap["vhost"]) or worker.config.vhost_for(None)
         self.app, self.stream, self.query = snap["app"], snap["stream"], snap["query"]
+        if not self.role:
+            held = snap.get("held")
+            if held is not None and not (isinstance(held, dict) and set(HELD_FIELDS) <= set(held)):
+                raise ValueError(f"a held HLS request that does not fit: {held!r}")
+            self.created_at, self.created_wall = snap["created_at"], snap["created_wall"]
+            self.control_bytes, self.recv_bytes = snap["control_bytes"], snap["recv_bytes"]
+            self.deadline = snap.get("deadline")
+            self.headers = dict(snap.get("headers") or {})
+            self.kept_alive = bool(snap.get("kept_alive"))
+            self.complete = self.recv_bytes > 0
+            self.access = ConnAccess.restore(snap.get("access"))
+            self.restored = snap
+            return self
         if source is None or snap["source_key"] != source.key or snap["consumer"] is None:
             raise ValueError(f"an FLV player of {snap['source_key']} came without its source or position")
         self._source = source
@@ -491,6 +544,11 @@ class HttpConnection(asyncio.Protocol):
         if self.closed:
             return      # it went away while staged (a reset): nothing to register
         self.worker.register_restored(self)
+        if not self.role:
+            self._resume_between_requests(snap)
+            return
+        self.recv_bytes += sum(len(d) for d in self._staged_data)     # a player's bytes are not parsed
+        self._staged_data = []
         if rejoin is not None:
             self._source = rejoin
         self.consumer = Consumer(self._source, snap["consumer"]["fmt"], self)
@@ -502,6 +560,18 @@ class HttpConnection(asyncio.Protocol):
         self.transport.resume_reading()
         self.consumer.flush(time.monotonic())
         log.trace(self.cid, f"taken over: flv play {self._source.key}")
+        if self._held_eof:
+            self.close("client closed the connection")
+
+    def _resume_between_requests(self, snap: dict) -> None:
+        """An HTTP connection with no player: answer (or hold again) the request it held, then read on."""
+        self.transport.resume_reading()
+        if snap.get("held") is not None:
+            hls_http.resume_held(self, snap["held"])
+            log.trace(self.cid, f"taken over: held hls request {quote(snap['held']['path'])}")
+        staged, self._staged_data = self._staged_data, []
+        for data in staged:
+            self.data_received(data)
         if self._held_eof:
             self.close("client closed the connection")
 

@@ -201,7 +201,8 @@ class Worker:
         self.hls_sessions.sweep(now)
         if self.draining:
             for conn in list(self.conns.values()):
-                if conn.kind == "http" and not conn.role and conn.deadline is not None and not conn.url:
+                if conn.kind == "http" and not conn.role and conn.deadline is not None and not conn.url \
+                        and not conn.left_behind:   # a response left behind by a handover drains first (I5)
                     conn.close("draining: idle keep-alive closed")
 
     # ----- stats ------------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ Real Worker objects in one uvloop loop, the real transfer code between them over
 RTMP clients on loopback. Rules interleave player joins (and probes that hang up at their first frame),
 leaves, publishes, unpublishes, server-side kicks and media with every step of the handover (the `step`
 seam of transfer.py stops it at each phase). After every step:
-- each live client socket is served by exactly one worker;
+- each live client socket is served by exactly one worker (HTTP connections between requests too: they move
+  with the idle connections);
 - a stream with a live publisher has its source on the worker serving the publisher, with that publisher,
   and every live player plays the source its worker holds for its stream;
 - no pinned source was freed;
@@ -22,10 +23,62 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from tests.unit.handover_harness import Client, Handover, ServedWorker, Stepper, wait_until
+from tests.unit.handover_harness import CONFIG, Client, Handover, ServedWorker, Stepper, wait_until
 
 STREAMS = ("a", "b")
 KEY = "__defaultVhost__/live/{}"
+# HTTP connections that have sent nothing wait here for the whole run (the default gives them 10 s).
+MACHINE_CONFIG = CONFIG.replace("max_connections 1000;", "max_connections 1000;\nhandshake_timeout 600000;")
+
+
+def conn_for(worker: ServedWorker, client):
+    """The worker's open connection of this client socket: its port and the server port it connected to (a
+    client port alone can be reused: a client that left while the old worker had stopped reading it is still
+    registered there until its handover, and a new client may get its port number towards another listener)."""
+    writer = client.rtmp.writer if isinstance(client, Client) else client.writer
+    ours = (client.port, writer.get_extra_info("peername")[1])
+    for conn in worker.worker.conns.values():
+        if conn.closed or conn.transport is None:
+            continue
+        peer, local = conn.transport.get_extra_info("peername"), conn.transport.get_extra_info("sockname")
+        if peer and local and (peer[1], local[1]) == ours:
+            return conn
+    return None
+
+
+class HttpIdle:
+    """An HTTP connection between requests (a keep-alive player between two polls, or one that has not asked
+    yet): it moves with the idle connections and must never be closed by the handover."""
+
+    role, stream = "http", ""
+
+    def __init__(self):
+        self.left = self.kicked = self.server_closed = False
+        self.port = 0
+        self.reader = self.writer = self.task = None
+
+    async def open(self, port: int) -> "HttpIdle":
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", port)
+        self.port = self.writer.get_extra_info("sockname")[1]
+        self.task = asyncio.ensure_future(self._read())
+        return self
+
+    async def _read(self) -> None:
+        try:
+            await self.reader.read()
+        except (OSError, asyncio.CancelledError):
+            pass
+        if not self.left:
+            self.server_closed = True
+
+    async def leave(self) -> None:
+        self.left = True
+        self.task.cancel()
+        self.writer.close()
+
+    @property
+    def live(self) -> bool:
+        return not self.left and not self.kicked and not self.server_closed
 
 
 class HandoverMachine(RuleBasedStateMachine):
@@ -43,7 +96,7 @@ class HandoverMachine(RuleBasedStateMachine):
 
     @initialize()
     def start(self):
-        self.serving = self.run(ServedWorker().start())
+        self.serving = self.run(ServedWorker(MACHINE_CONFIG).start())
         self.workers.append(self.serving)
 
     # ----- where clients go ------------------------------------------------------------------------------
@@ -62,7 +115,7 @@ class HandoverMachine(RuleBasedStateMachine):
                 and (stream is None or c.stream == stream)]
 
     def served_by(self, client: Client) -> list[ServedWorker]:
-        return [w for w in self.current if w.conn_of(client.port) is not None]
+        return [w for w in self.current if conn_for(w, client) is not None]
 
     # ----- client rules ----------------------------------------------------------------------------------
 
@@ -86,6 +139,20 @@ class HandoverMachine(RuleBasedStateMachine):
     def leave(self, pick):
         players = self.live("play")
         self.run(players[pick % len(players)].leave())
+
+    @rule()
+    def join_http_idle(self):
+        async def join():
+            client = await HttpIdle().open(self.front.http_port)
+            self.clients.append(client)
+            await wait_until(lambda: self.front.conn_of(client.port) is not None, what="http conn registered")
+        self.run(join())
+
+    @precondition(lambda self: any(c.role == "http" for c in self.live()))
+    @rule(pick=st.integers(0, 10_000))
+    def leave_http(self, pick):
+        idle = self.live("http")
+        self.run(idle[pick % len(idle)].leave())
 
     @rule(stream=st.sampled_from(STREAMS))
     def publish(self, stream):
@@ -119,7 +186,7 @@ class HandoverMachine(RuleBasedStateMachine):
         clients = self.live()
         client = clients[pick % len(clients)]
         for worker in self.served_by(client):
-            conn = worker.conn_of(client.port)
+            conn = conn_for(worker, client)
             client.kicked = True
             conn.kick("kicked by the test")
 
@@ -129,7 +196,7 @@ class HandoverMachine(RuleBasedStateMachine):
     @rule()
     def start_handover(self):
         async def begin():
-            new = await ServedWorker().start()
+            new = await ServedWorker(MACHINE_CONFIG).start()
             self.workers.append(new)
             self.handover = Handover(self.serving, new, Stepper())
             await self._step()
@@ -147,7 +214,7 @@ class HandoverMachine(RuleBasedStateMachine):
             old, new = self.handover.old, self.handover.new
             # What was not moved must be a connection that closed or was left behind, never a live one.
             for client in self.live():
-                assert old.conn_of(client.port) is None, f"live client {client.port} left on the old worker"
+                assert conn_for(old, client) is None, f"live client {client.port} left on the old worker"
             self.handover = None
             self.serving = new
             self.upgrades += 1
@@ -168,8 +235,10 @@ class HandoverMachine(RuleBasedStateMachine):
         if self.serving is None:
             return
         for client in self.live():
+            if client.role == "http":
+                continue
             [worker] = self.served_by(client)
-            conn = worker.conn_of(client.port)
+            conn = conn_for(worker, client)
             source = worker.worker.registry.sources.get(KEY.format(client.stream))
             assert source is not None and conn.source is source, f"{client.role} {client.stream}: no source"
             if client.role == "publish":
