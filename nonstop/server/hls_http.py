@@ -154,10 +154,14 @@ class HlsSessions:
             # one whose connection moved or closed is dropped.
             expired = [h for h in self.held if not h.done
                        and (h.conn.closed or (now >= h.deadline and not h.conn.handing_over))]
-            self.held = [h for h in self.held if not h.done and h not in expired]
+            gone = {id(h) for h in expired}
+            self.held = [h for h in self.held if not h.done and id(h) not in gone]
+            segmenters = {}
             for held in expired:
                 held.answer(False)
-                held.segmenter.waiters = [w for w in held.segmenter.waiters if not w[2].done]
+                segmenters[id(held.segmenter)] = held.segmenter
+            for segmenter in segmenters.values():   # one pass per segmenter, however many expired
+                segmenter.waiters = [w for w in segmenter.waiters if not w[2].done]
         for ctx, session in list(self.sessions.items()):
             if session.expired(now):
                 del self.sessions[ctx]
