@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -122,8 +123,9 @@ def test_security_by_cidr_and_refer_refuse_a_new_hls_session(test_flv):
 def test_hooks_on_play_once_per_session_on_stop_at_expiry_and_kick_and_a_slow_hook_delays_no_viewer(test_flv):
     hooks = HookServer().start()
     body = f"{HLS}\n{hooks_block(hooks, timeout_ms=5000, events=('on_play', 'on_stop'))}"
+    quick_quit = "grace_start_wait 0; grace_final_wait 0; grace_max_wait 300;"
     try:
-        with Server(vhost_body=body) as server:
+        with Server(vhost_body=body, extra_global=quick_quit) as server:
             pub = publish_file(server.rtmp_url("cam"), test_flv)
             try:
                 wait_publishing(server)
@@ -190,6 +192,12 @@ def test_hooks_on_play_once_per_session_on_stop_at_expiry_and_kick_and_a_slow_ho
                 for session in (ctx, slow_ctx, kicked):
                     assert len(hooks.bodies("on_stop", client_id=session)) == 1, session
                     assert len(hooks.bodies("on_play", client_id=session)) == 1, session
+                # A graceful quit: a live session's on_stop is sent before the worker exits.
+                status, master = hget(server, "/live/cam.m3u8")
+                last = ctx_of(master)
+                server.signal(signal.SIGQUIT)
+                server.proc.wait(15)
+                assert len(hooks.bodies("on_stop", client_id=last)) == 1
             finally:
                 stop_proc(pub)
     finally:
