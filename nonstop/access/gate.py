@@ -183,13 +183,13 @@ class Access:
         who.page_url = conn.headers.get("referer", "")
         return who
 
-    def hls_rules(self, conn, vhost, app: str, stream: str, query: str, need_hooks: bool = True) -> bool:
+    def hls_rules(self, conn, vhost, app: str, stream: str, query: str) -> bool:
         """An HLS request checked on its own (hls_ctx off, or a segment not tied to a session): the rules
         that need no I/O. With on_play hooks it is refused: a hook is asked once per viewer, which needs a
         session (hls_ctx and hls_ts_ctx on). True: refused (403 sent)."""
         who = self._hls_who(conn, vhost, app, stream, conn.cid, query)
         reason = self._rules(vhost, PLAY, who, [query])
-        if reason is None and need_hooks and vhost.http_hooks.enabled and vhost.http_hooks.on_play:
+        if reason is None and vhost.http_hooks.enabled and vhost.http_hooks.on_play:
             reason = "http_hooks on_play: an HLS viewer is asked once per session, which needs hls_ctx on " \
                      "(and hls_ts_ctx on for its segments)"
         if reason is not None:

@@ -263,3 +263,24 @@ def test_an_edge_checks_before_it_pulls_made_up_names_cost_nothing():
         finally:
             await worker.cluster.stop()
     asyncio.run(scenario())
+
+
+def test_hls_ts_ctx_off_checks_segments_on_their_own_and_on_play_hooks_refuse_them():
+    async def scenario():
+        worker = worker_for(SIGNED, hls="hls_ts_ctx off;")
+        seg = with_stream(worker)
+        seg_name = next(n for n in seg.playlist.decode().split("\n") if n and not n.startswith("#"))
+        tok = token()
+        ctx = ctx_of(ask(worker, "/live/s.m3u8", f"nstoken={tok}"))
+        media = ask(worker, "/live/s.m3u8", f"hls_ctx={ctx}&nstoken={tok}")
+        assert f"{seg_name}?nstoken={tok}".encode() in media.head_and_body()[2]
+        assert status(ask(worker, "/live/" + seg_name, f"nstoken={tok}")) == 200
+        assert status(ask(worker, "/live/" + seg_name, f"hls_ctx={ctx}")) == 403     # no token: no pass
+        hooked = worker_for(HOOKS, hls="hls_ts_ctx off;")
+        seg = with_stream(hooked)
+        seg_name = next(n for n in seg.playlist.decode().split("\n") if n and not n.startswith("#"))
+        conn = ask(hooked, "/live/s.m3u8")
+        await asyncio.sleep(0.01)
+        assert status(conn) == 200      # the session is asked for, once
+        assert status(ask(hooked, "/live/" + seg_name, f"hls_ctx={ctx_of(conn)}")) == 403
+    asyncio.run(scenario())
