@@ -10,6 +10,9 @@ The checks, in order, for a publish or play request (the first refusal wins):
 SRS asks on_connect before its security check; nonstop runs every check that needs no I/O first, so a client
 refused by a rule costs the hook server nothing.
 
+HLS viewers (hls_ctx sessions) are checked once per session, not per connection: see the HLS section below and
+README's "HLS viewers".
+
 Who waits (the invariant): only the asking connection. An RTMP connection stops reading while its verdict is
 pending, so its media waits (a player is not attached to its source until allowed); the request and anything
 the client sent with it are held and replayed when allowed. An HTTP-FLV play gets its 200 only when allowed.
@@ -196,6 +199,10 @@ class Access:
             self._refuse(conn, "hls play", None, reason)
             return True
         return False
+
+    def asking(self, cid: str) -> bool:
+        """Whether connection `cid` waits for a verdict (an HLS one included): not an idle connection."""
+        return cid in self._asking or cid in self._hls_asking
 
     def hls_refuse(self, conn, reason: str) -> None:
         self._refuse(conn, "hls play", None, reason)
