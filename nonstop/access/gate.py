@@ -10,6 +10,9 @@ The checks, in order, for a publish or play request (the first refusal wins):
 SRS asks on_connect before its security check; nonstop runs every check that needs no I/O first, so a client
 refused by a rule costs the hook server nothing.
 
+HLS viewers (hls_ctx sessions) are checked once per session, not per connection: see the HLS section below and
+README's "HLS viewers".
+
 Who waits (the invariant): only the asking connection. An RTMP connection stops reading while its verdict is
 pending, so its media waits (a player is not attached to its source until allowed); the request and anything
 the client sent with it are held and replayed when allowed. An HTTP-FLV play gets its 200 only when allowed.
@@ -30,6 +33,7 @@ from nonstop.access import hooks as wire
 from nonstop.access import signed
 from nonstop.access.hooks import HookClient
 from nonstop.access.rules import refer_check, security_check
+from nonstop.access.state import ConnAccess
 from nonstop.log import log
 from nonstop.protocol import rtmp
 
@@ -59,6 +63,7 @@ class Access:
         self._asking: dict[str, asyncio.Task] = {}  # cid -> its question in flight
         self._decided: dict[str, tuple] = {}        # cid -> (request, refusal) answered on the old worker
         self._tasks: set[asyncio.Task] = set()      # notifications in flight
+        self._hls_asking: dict[str, asyncio.Task] = {}  # HTTP cid -> an HLS session's question in flight
         self.allowed_total = 0
         self.refused_total = 0
 
@@ -159,6 +164,98 @@ class Access:
             return False
         self._ask(conn, PLAY, request, vhost, None, hooks.on_play)
         return True
+
+    # ----- HLS (nonstop/server/hls_http.py) -------------------------------------------------------------
+    # A viewer is a session (hls_ctx), not a connection: a new session is checked like a play, once, and its
+    # verdict lives in the session's own ConnAccess (client_id = the session id, as SRS's hls_ctx), never in
+    # the HTTP connection's, which may carry many sessions' requests. The session owes one on_stop, sent when
+    # it ends (expiry, kick, or a request allowed after its connection left).
+
+    @staticmethod
+    def hls_guarded(vhost) -> bool:
+        """Whether access control applies to HLS requests of this vhost (then an hls_ctx is no bearer:
+        an unknown one is checked like a new session)."""
+        sig = vhost.signed_url
+        return bool(vhost.refer.enabled or vhost.security.enabled or (sig.enabled and sig.play)
+                    or vhost.http_hooks.enabled)
+
+    def _hls_who(self, conn, vhost, app: str, stream: str, session_id: str, query: str):
+        who = ConnAccess()
+        who.cid, who.ip, who.vhost, who.app, who.stream = session_id, conn.ip, vhost.name, app, stream
+        who.tc_url, who.param = f"rtmp://{vhost.name}/{app}", f"?{query}" if query else ""
+        who.page_url = conn.headers.get("referer", "")
+        return who
+
+    def hls_rules(self, conn, vhost, app: str, stream: str, query: str) -> bool:
+        """An HLS request checked on its own (hls_ctx off, or a segment not tied to a session): the rules
+        that need no I/O. With on_play hooks it is refused: a hook is asked once per viewer, which needs a
+        session (hls_ctx and hls_ts_ctx on). True: refused (403 sent)."""
+        who = self._hls_who(conn, vhost, app, stream, conn.cid, query)
+        reason = self._rules(vhost, PLAY, who, [query])
+        if reason is None and vhost.http_hooks.enabled and vhost.http_hooks.on_play:
+            reason = "http_hooks on_play: an HLS viewer is asked once per session, which needs hls_ctx on " \
+                     "(and hls_ts_ctx on for its segments)"
+        if reason is not None:
+            self._refuse(conn, "hls play", None, reason)
+            return True
+        return False
+
+    def asking(self, cid: str) -> bool:
+        """Whether connection `cid` waits for a verdict (an HLS one included): not an idle connection."""
+        return cid in self._asking or cid in self._hls_asking
+
+    def hls_refuse(self, conn, reason: str) -> None:
+        self._refuse(conn, "hls play", None, reason)
+
+    def hls_request(self, conn, vhost, app: str, stream: str, session_id: str, query: str, resume):
+        """A new HLS session `session_id`: checked like a play. Returns its ConnAccess when allowed now;
+        None when refused (403 sent) or asked (the connection waits; `resume(who)` is called once allowed)."""
+        if conn.cid in self._hls_asking:
+            return None     # a pipelined request while the first is asked: it gets nothing
+        who = self._hls_who(conn, vhost, app, stream, session_id, query)
+        reason = self._rules(vhost, PLAY, who, [query])
+        if reason is not None:
+            self._refuse(conn, "hls play", None, reason)
+            return None
+        hooks = vhost.http_hooks
+        if not hooks.enabled:
+            return who
+        if not hooks.on_play:
+            self._grant(who, PLAY)
+            return who
+        task = asyncio.get_running_loop().create_task(self._hls_question(conn, who, vhost, resume))
+        self._hls_asking[conn.cid] = task
+        return None
+
+    async def _hls_question(self, conn, who, vhost, resume) -> None:
+        hooks = vhost.http_hooks
+        try:
+            reason = await self.hooks.post_all(who.cid, "on_play", list(hooks.on_play), self._body("on_play", who),
+                                               hooks.timeout, vhost.name, hooks.max_inflight)
+            if reason is None:
+                self._grant(who, PLAY)
+            if conn.closed:
+                log.trace(who.cid, f"hls play answered after the client left: "
+                                   f"{'allowed' if reason is None else 'refused'}")
+                self.hls_ended(who)
+                return
+            if reason is not None:
+                self._refuse(conn, "hls play", None, reason)
+                return
+            self.allowed_total += 1
+            resume(who)
+        except Exception as e:  # a bug here must cost one client, not the worker
+            log.error(conn.cid, f"hls play verdict failed: {e!r}")
+            conn.close("access check failed")
+            self.hls_ended(who)
+        finally:
+            self._hls_asking.pop(conn.cid, None)
+
+    def hls_ended(self, who) -> None:
+        """An HLS session ended (expired, kicked, or never served): its on_stop, once."""
+        if who is not None and who.playing:
+            who.playing = False
+            self._notify(who, "on_stop")
 
     # ----- asking -----------------------------------------------------------------------------------------
 
@@ -286,7 +383,7 @@ class Access:
 
     async def stop(self) -> None:
         """Wait for the notifications in flight, at most the longest hook timeout, then close the client."""
-        tasks = [*self._tasks, *self._asking.values()]
+        tasks = [*self._tasks, *self._asking.values(), *self._hls_asking.values()]
         if tasks:
             longest = max((v.http_hooks.timeout for v in self.worker.config.vhosts.values()), default=0)
             done, pending = await asyncio.wait(tasks, timeout=longest / 1000 + STOP_GRACE_S)

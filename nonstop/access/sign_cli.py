@@ -22,7 +22,7 @@ usage: nonstop sign [-c FILE] [--publish | --play] [--expires-in SECONDS | --exp
                     [--ip ADDRESS] [--key KID] [--secret SECRET] [--vhost NAME] URL
 
 Print URL with an nstoken that lets a client publish or play that stream until the expiry.
-  URL            rtmp://HOST[:PORT]/APP/STREAM or http(s)://HOST[:PORT]/APP/STREAM.flv
+  URL            rtmp://HOST[:PORT]/APP/STREAM, http(s)://HOST[:PORT]/APP/STREAM.flv or .../APP/STREAM.m3u8
   --publish      sign for publishing (default: --play); a play token cannot publish, nor the reverse
   --expires-in   seconds from now (default 3600); --expires gives the Unix time itself
   --ip           bind the token to this client address (as the server sees it)
@@ -48,9 +48,10 @@ def stream_of(url: str) -> tuple[str, str, str, str]:
         raise ValueError(f"expected /APP/STREAM in {url!r}")
     app, stream = path.rsplit("/", 1)
     if parts.scheme.startswith("http"):
-        if not stream.endswith(".flv"):
-            raise ValueError(f"expected an HTTP-FLV URL ending in .flv, got {url!r}")
-        stream = stream[:-len(".flv")]
+        suffix = next((s for s in (".flv", ".m3u8") if stream.endswith(s)), None)
+        if suffix is None:
+            raise ValueError(f"expected an HTTP-FLV URL ending in .flv or an HLS one in .m3u8, got {url!r}")
+        stream = stream[:-len(suffix)]      # HLS: the default hls_m3u8_file, [app]/[stream].m3u8
     if not app or not stream:
         raise ValueError(f"expected /APP/STREAM in {url!r}")
     return parts.hostname, app, stream, parts.query

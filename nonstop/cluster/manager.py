@@ -130,6 +130,18 @@ class Cluster:
             return segmenter
         return None
 
+    def hls_edge_target(self, path: str):
+        """(vhost, app, stream) that a playlist request for `path` would make this edge pull (on_hls_play's
+        choice), or None: for access control to check the viewer before any pull starts."""
+        for vhost in self.worker.config.vhosts.values():
+            if not (vhost.enabled and vhost.hls.enabled and vhost.cluster.mode == MODE_EDGE and vhost.cluster.origin):
+                continue
+            pattern = m3u8_pattern(vhost.hls.hls_m3u8_file, vhost.name)
+            match = pattern.fullmatch(path) if pattern is not None else None
+            if match is not None:
+                return vhost, match.group("app"), match.group("stream")
+        return None
+
     def hls_pull(self, vhost_name: str, app: str, stream: str, query: str, host_header: str, now: float):
         """A playlist request of a stream: on an edge, (re)start its pull if it has no publisher (the pull
         stopped while its playlist stayed for hls_dispose, or a handover brought the source without its

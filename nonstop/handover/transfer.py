@@ -212,7 +212,7 @@ async def hand_over_on(worker, sock: socket.socket, *, totals=None, step=None) -
 def _idle(worker) -> list:
     return [c for c in list(worker.conns.values())
             if (c.kind == "rtmp" and not c.role and not c.closed and not c.close_reason)
-            or (c.kind == "http" and c.between_requests())]
+            or (c.kind == "http" and c.between_requests() and not worker.access.asking(c.cid))]
 
 
 def _stream_conns(worker, source: Source) -> list:
@@ -349,9 +349,8 @@ async def _hand_over_stream(worker, link: _Link, source: Source, stats: Handover
         if publisher is not None and publisher not in movable:
             publisher = None
         too_big: list = []
-        source_payload = wire.dumps({"type": "source", "source": source.snapshot(),
-                                     "hls_sessions": worker.hls_sessions.snapshot_for(source.vhost, source.app,
-                                                                                      source.stream)})
+        sessions = worker.hls_sessions.snapshot_for(source.vhost, source.app, source.stream)
+        source_payload = wire.dumps({"type": "source", "source": source.snapshot(), "hls_sessions": sessions})
         if len(source_payload) > wire.MAX_PAYLOAD:
             raise _Refused(f"its source's snapshot of {len(source_payload)} bytes is over {wire.MAX_PAYLOAD}")
         # The publisher goes last: the receiver resumes reading from it last, so a keyframe cannot trim the
@@ -379,6 +378,7 @@ async def _hand_over_stream(worker, link: _Link, source: Source, stats: Handover
     # Players whose buffer did not empty, or too big to move, stay here alone; the source went away.
     _leave_behind([c for c in stuck + too_big if not c.closed], stats, source_gone=True)
     worker.registry.moved_away(source)
+    worker.hls_sessions.moved_away(sessions)    # the receiver has them, and owes their on_stop now
     elapsed = (time.monotonic() - started) * 1000
     stats.worst_ms = max(stats.worst_ms, elapsed)
     left = len(stuck) + len(too_big)

@@ -25,10 +25,13 @@ worker instead of a 404.
 from __future__ import annotations
 
 import os
+import re
 import time
 import urllib.parse
 
 from nonstop import SERVER_NAME
+from nonstop.access import signed
+from nonstop.access.state import ConnAccess
 from nonstop.log import log
 
 CONTENT_TYPE_M3U8 = "application/vnd.apple.mpegurl"
@@ -54,6 +57,12 @@ MAX_SESSIONS_MOVED = 100_000
 HELD_FIELDS = ("method", "path", "query", "deadline")
 _SESSION_FIELDS = ("cid", "vhost", "app", "stream", "ip", "created_at", "created_wall", "last_seen", "send_bytes",
                    "recv_bytes", "requests", "window_s", "closed")
+# A verdict given to an edge's playlist request waits at most this long for the request to be answered (the
+# request's own hold is 3 target durations; this only bounds a grant whose request ended some other way).
+GRANT_KEPT_S = 120.0
+
+_URI_ATTR = re.compile(rb'URI="([^"]*)"')
+_TOKEN_CHARS = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 
 _CORS = ("Access-Control-Allow-Origin: *\r\n"
          "Access-Control-Allow-Methods: GET, HEAD, OPTIONS\r\n"
@@ -68,7 +77,7 @@ class HlsSession:
     role = "play"
 
     __slots__ = ("cid", "worker", "vhost", "app", "stream", "ip", "created_at", "created_wall", "last_seen",
-                 "send_bytes", "recv_bytes", "requests", "window_s", "closed", "headers")
+                 "send_bytes", "recv_bytes", "requests", "window_s", "closed", "headers", "access")
 
     def __init__(self, cid: str, worker, segmenter, ip: str, now: float):
         self.cid = cid
@@ -83,10 +92,19 @@ class HlsSession:
         self.window_s = segmenter.settings["window_ms"] / 1000
         self.closed = False         # kicked: its requests get 404 until it expires (SRS: "HLS stream is EOF")
         self.headers: dict = {}
+        # What access control granted this viewer and what it is owed (its on_stop): a ConnAccess, or None
+        # when no access control applied (nonstop/access/gate.py, the HLS path).
+        self.access = None
+
+    def serves(self, segmenter) -> bool:
+        """Whether this session was allowed for `segmenter`'s stream (a session is no pass to another)."""
+        return (self.vhost, self.app, self.stream) == (segmenter.vhost, segmenter.app, segmenter.stream)
 
     def kick(self, reason: str) -> None:
         log.warn(self.cid, f"kick: {reason}")
         self.closed = True
+        if self.access is not None:
+            self.worker.access.hls_ended(self.access)      # its on_stop now, once (SRS: at its expiry)
 
     @property
     def source(self):
@@ -94,17 +112,24 @@ class HlsSession:
         return self.worker.registry.get(self.vhost, self.app, self.stream)
 
     def snapshot(self) -> list:
-        """Plain data, in _SESSION_FIELDS order (times are time.monotonic(): system-wide, as deadlines are)."""
-        return [getattr(self, name) for name in _SESSION_FIELDS]
+        """Plain data, in _SESSION_FIELDS order (times are time.monotonic(): system-wide, as deadlines are), then
+        its access verdict (a ConnAccess snapshot, or None), so the new worker asks the hook server nothing."""
+        return [getattr(self, name) for name in _SESSION_FIELDS] + \
+            [self.access.snapshot() if self.access is not None else None]
 
     @classmethod
     def restore(cls, worker, snap: list) -> "HlsSession":
-        if not isinstance(snap, (list, tuple)) or len(snap) != len(_SESSION_FIELDS):
+        if not isinstance(snap, (list, tuple)) or len(snap) not in (len(_SESSION_FIELDS), len(_SESSION_FIELDS) + 1):
             raise ValueError(f"an HLS session snapshot that does not fit: {snap!r:.200}")
         self = cls.__new__(cls)
-        self.worker, self.headers = worker, {}
+        self.worker, self.headers, self.access = worker, {}, None
         for name, value in zip(_SESSION_FIELDS, snap):
             setattr(self, name, value)
+        if len(snap) > len(_SESSION_FIELDS) and snap[-1] is not None:
+            try:
+                self.access = ConnAccess.restore(snap[-1])
+            except (TypeError, KeyError, AttributeError) as e:
+                raise ValueError(f"an HLS session's access snapshot that does not fit: {e!r:.200}") from None
         return self
 
     def expired(self, now: float) -> bool:
@@ -118,9 +143,14 @@ class HlsSessions:
         self.sessions: dict[str, HlsSession] = {}
         self.total = 0
         self.held: list[Held] = []      # blocking requests, for their deadlines
+        self.worker = None              # set by the first grant (for the sweep's notifications)
         # With hls_ctx off there are no sessions: (vhost, app, stream) -> until when its last playlist request
         # counts as a viewer (2 * hls_window after it, as a session), for an edge's pull (Cluster.sweep).
         self.anonymous: dict[tuple, float] = {}
+        # Verdicts given to a connection's request before its session exists (an edge's playlist request waits
+        # for the pull's first segment): HTTP cid -> (path, session id, ConnAccess, until when). Taken by the
+        # request when it is answered; one left (the request ended otherwise) owes its on_stop (sweep).
+        self.grants: dict[str, tuple] = {}
 
     def touch(self, ctx: str, worker, segmenter, ip: str, now: float) -> HlsSession:
         session = self.sessions.get(ctx)
@@ -162,9 +192,17 @@ class HlsSessions:
                 segmenters[id(held.segmenter)] = held.segmenter
             for segmenter in segmenters.values():   # one pass per segmenter, however many expired
                 segmenter.waiters = [w for w in segmenter.waiters if not w[2].done]
+        if self.grants:
+            for cid, (_, _, who, until) in list(self.grants.items()):
+                if now >= until:
+                    del self.grants[cid]
+                    if self.worker is not None:
+                        self.worker.access.hls_ended(who)
         for ctx, session in list(self.sessions.items()):
             if session.expired(now):
                 del self.sessions[ctx]
+                if session.access is not None:
+                    session.worker.access.hls_ended(session.access)     # its on_stop, once
                 log.trace(ctx, f"close hls player ip={session.ip}, alive={now - session.created_at:.2f}s, "
                                f"sent={session.send_bytes} bytes, reason=no request for {2 * session.window_s:.0f}s")
 
@@ -202,9 +240,39 @@ class HlsSessions:
                 moved.requests += here.requests
                 moved.last_seen = max(moved.last_seen, here.last_seen)
                 moved.closed = moved.closed or here.closed
+                # Checked again here during the upgrade (an unknown hls_ctx on a vhost with access control): one
+                # verdict, and one on_stop owed, for one client id.
+                moved.access = moved.access or here.access
             else:
                 self.total += 1
             self.sessions[moved.cid] = moved
+
+    def moved_away(self, snaps: list) -> None:
+        """Sessions an upgrade moved (their snapshots, acknowledged by the new worker): forgotten here, without
+        an on_stop, which the new worker owes now. Sessions begun here since their snapshot stay, and end here."""
+        for snap in snaps:
+            self.sessions.pop(snap[0], None)
+
+    def grant(self, conn, path: str, ctx: str, who, now: float) -> None:
+        self.worker = conn.worker
+        self.grants[conn.cid] = (path, ctx, who, now + GRANT_KEPT_S)
+
+    def take_grant(self, conn, path: str):
+        """The verdict given to this connection's request for `path`, if any: (session id, ConnAccess)."""
+        held = self.grants.get(conn.cid)
+        if held is None or held[0] != path:
+            return None
+        del self.grants[conn.cid]
+        return held[1], held[2]
+
+    def end_all(self, reason: str) -> None:
+        """A quit: every session ends here and is owed its on_stop (sessions handed to a new worker in an
+        upgrade are no longer in `sessions`)."""
+        for ctx, session in list(self.sessions.items()):
+            del self.sessions[ctx]
+            if session.access is not None and session.access.playing:
+                log.trace(ctx, f"close hls player ip={session.ip}, reason={reason}")
+                session.worker.access.hls_ended(session.access)
 
     def clients(self) -> list[HlsSession]:
         return [s for s in self.sessions.values() if not s.closed and s.source is not None]
@@ -234,10 +302,17 @@ def serve(conn, method: str, path: str, query: str, block: bool = True) -> bool:
         if block and name.endswith(".m3u8"):
             # An edge's stream not pulled yet (or with no segment yet): the request starts the pull and waits
             # for the first segment, held like a blocking reload, 404 at its deadline (3 target durations).
+            # Access control comes first: a viewer who may not play starts no pull (a made-up name costs nothing).
+            target = worker.cluster.hls_edge_target(name)
+            if target is not None and not _edge_allowed(conn, method, path, query, *target):
+                return True     # refused (403), or asked: answered when the verdict comes
             segmenter = worker.cluster.on_hls_play(name, query, conn.headers.get("host", ""), time.monotonic())
             if segmenter is not None:
                 _hold(conn, method, path, query, segmenter, lambda: segmenter.playlist is not None)
                 return True
+        granted = worker.hls_sessions.take_grant(conn, path)
+        if granted is not None:     # allowed, but nothing to serve after all (404): the session never began
+            worker.access.hls_ended(granted[1])
         return False
     now = time.monotonic()
     params = urllib.parse.parse_qs(query, keep_blank_values=True)
@@ -247,16 +322,48 @@ def serve(conn, method: str, path: str, query: str, block: bool = True) -> bool:
     if kicked is not None and kicked.closed:
         _respond(conn, method, 404, "Not Found", "text/plain", f"404 HLS stream {ctx} is EOF\n".encode(), "no-cache")
         return True
+    vhost = worker.config.vhosts.get(segmenter.vhost)
+    guarded = vhost is not None and worker.access.hls_guarded(vhost)
+    # With access control, segments are tied to an allowed session when their URIs carry it (hls_ctx and
+    # hls_ts_ctx on, the defaults); otherwise each request is checked on its own by the rules needing no I/O.
+    per_request = guarded and not (settings["ctx"] and settings["ts_ctx"])
+    granted = None      # (session id, ConnAccess): a new session allowed by access control
     if name == segmenter.m3u8_name:
+        if guarded and settings["ctx"]:
+            session = worker.hls_sessions.get(ctx) if ctx else None
+            if session is None or not session.serves(segmenter):
+                # A new session, or an hls_ctx this worker does not know: checked like a play (an hls_ctx is
+                # no bearer). One of another stream's session gets a new id.
+                granted = worker.hls_sessions.take_grant(conn, path)
+                if granted is None:
+                    sid = ctx if ctx and session is None else os.urandom(SESSION_ID_BYTES).hex()
+                    who = worker.access.hls_request(
+                        conn, vhost, segmenter.app, segmenter.stream, sid, query,
+                        lambda who: _resume(conn, method, path, query, sid, who))
+                    if who is None:
+                        return True     # refused (403), or asked: answered when the verdict comes
+                    granted = (sid, who)
+                if granted[0] != ctx:
+                    ctx = ""            # answered with a master playlist naming the new session
+                else:                   # the session begins now (a blocking reload may be held below)
+                    worker.hls_sessions.touch(ctx, worker, segmenter, conn.ip, now).access = granted[1]
+                    granted = None
+        elif guarded and worker.access.hls_rules(conn, vhost, segmenter.app, segmenter.stream, query):
+            return True
         if block:   # an edge pulls what its HLS viewers ask for (again after its pull stopped)
             worker.cluster.hls_pull(segmenter.vhost, segmenter.app, segmenter.stream, query,
                                     conn.headers.get("host", ""), now)
         if segmenter.playlist is None:
+            if granted is not None:
+                worker.access.hls_ended(granted[1])     # allowed, but the session never began
             _respond(conn, method, 404, "Not Found", "text/plain", b"404 Not Found: no segment yet\n", "no-cache")
             return True
         if settings["ctx"] and not ctx:
-            ctx = os.urandom(SESSION_ID_BYTES).hex()
-            worker.hls_sessions.touch(ctx, worker, segmenter, conn.ip, now)
+            ctx = granted[0] if granted is not None else os.urandom(SESSION_ID_BYTES).hex()
+            session = worker.hls_sessions.touch(ctx, worker, segmenter, conn.ip, now)
+            if granted is not None:
+                session.access = granted[1]
+            query = "&".join(p for p in query.split("&") if p and p.partition("=")[0] != CTX)
             extra = "&" + query if query else ""
             body = (f"#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1,AVERAGE-BANDWIDTH=1\n"
                     f"{path}?{CTX}={ctx}{extra}\n").encode()
@@ -292,8 +399,23 @@ def serve(conn, method: str, path: str, query: str, block: bool = True) -> bool:
             session.send_bytes += len(body)
         else:
             worker.hls_sessions.seen(segmenter, now)
+        if per_request:
+            token = (params.get(signed.PARAM) or [""])[0]
+            if token and _TOKEN_CHARS.fullmatch(token):
+                body = _with_param(body, f"{signed.PARAM}={token}")     # its segments are checked by it too
         _respond(conn, method, 200, "OK", CONTENT_TYPE_M3U8, body, CACHE_PLAYLIST)
         return True
+    if guarded:
+        if per_request:
+            if worker.access.hls_rules(conn, vhost, segmenter.app, segmenter.stream, query):
+                return True
+        else:
+            session = worker.hls_sessions.get(ctx) if ctx else None
+            if session is None or not session.serves(segmenter):
+                # Keys (hls_keys) above all: only a viewer who was allowed the playlist gets them.
+                worker.access.hls_refuse(conn, f"{name}: no allowed HLS session "
+                                               + (f"{CTX}={ctx[:16]!r}" if ctx else f"(no {CTX})"))
+                return True
     if block and segmenter.part_ms and name == segmenter.preload_hint():
         # LL-HLS: the part the playlist hints at comes next; its request is held until it exists.
         _hold(conn, method, path, query, segmenter, lambda: segmenter.segment_data(name) is not None)
@@ -318,12 +440,57 @@ def serve(conn, method: str, path: str, query: str, block: bool = True) -> bool:
 
 def _with_ctx(playlist: bytes, ctx: str) -> bytes:
     """Segment URIs carry the session: `x.ts` -> `x.ts?hls_ctx=ID` (`x.ts?a=b` -> `x.ts?hls_ctx=ID&a=b`)."""
+    return _with_param(playlist, f"{CTX}={ctx}")
+
+
+def _with_param(playlist: bytes, param: str) -> bytes:
+    """Every URI of the playlist gets `param` (k=v, URL-safe): segments, and the URI="..." of the key, the
+    init segment, parts and the preload hint, so that each request of a viewer carries its session (or its
+    token)."""
+    tag = param.encode()
+
+    def add(uri: bytes) -> bytes:
+        return uri.replace(b"?", b"?" + tag + b"&", 1) if b"?" in uri else uri + b"?" + tag
+
     lines = playlist.split(b"\n")
-    tag = f"{CTX}={ctx}".encode()
     for i, line in enumerate(lines):
         if line and not line.startswith(b"#"):
-            lines[i] = line.replace(b"?", b"?" + tag + b"&", 1) if b"?" in line else line + b"?" + tag
+            lines[i] = add(line)
+        elif b'URI="' in line:
+            lines[i] = _URI_ATTR.sub(lambda m: b'URI="' + add(m.group(1)) + b'"', line)
     return b"\n".join(lines)
+
+
+def _resume(conn, method: str, path: str, query: str, sid: str, who) -> None:
+    """A new session's request allowed after asking the hook server: answer it now, with the verdict."""
+    conn.worker.hls_sessions.grant(conn, path, sid, who, time.monotonic())
+    if not serve(conn, method, path, query):
+        _respond(conn, method, 404, "Not Found", "text/plain", b"404 Not Found\n", "no-cache")
+
+
+def _edge_allowed(conn, method: str, path: str, query: str, vhost, app: str, stream: str) -> bool:
+    """An edge's playlist request for a stream not pulled yet: whether its viewer may play (then it may start
+    the pull). False: refused (403 sent), or asked (the answer replays the request)."""
+    worker = conn.worker
+    if not worker.access.hls_guarded(vhost):
+        return True
+    if not vhost.hls.hls_ctx:
+        return not worker.access.hls_rules(conn, vhost, app, stream, query)
+    ctx = (urllib.parse.parse_qs(query).get(CTX) or [""])[0][:64]
+    session = worker.hls_sessions.get(ctx) if ctx else None
+    if session is not None and not session.closed and (session.vhost, session.app, session.stream) == \
+            (vhost.name, app, stream):
+        return True
+    granted = worker.hls_sessions.grants.get(conn.cid)
+    if granted is not None and granted[0] == path:
+        return True     # allowed already: the playlist branch takes it when the first segment is here
+    sid = ctx if ctx and session is None else os.urandom(SESSION_ID_BYTES).hex()
+    who = worker.access.hls_request(conn, vhost, app, stream, sid, query,
+                                    lambda who: _resume(conn, method, path, query, sid, who))
+    if who is None:
+        return False
+    worker.hls_sessions.grant(conn, path, sid, who, time.monotonic())
+    return True
 
 
 def _respond(conn, method: str, status: int, reason: str, content_type: str, body: bytes, cache: str) -> None:

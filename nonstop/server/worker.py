@@ -286,6 +286,7 @@ class Worker:
         await self.close_listeners()
         await self.cluster.stop()
         self.close_all("server quit")
+        self.hls_sessions.end_all("server quit")      # each HLS viewer's on_stop, as the closes' above
         await self.access.stop()    # the notifications the closes owe, bounded by the hook timeout
 
 

@@ -11,6 +11,7 @@ import time
 
 import uvloop
 
+from nonstop.access.state import ConnAccess
 from nonstop.handover import wire
 from nonstop.protocol import rtmp
 from nonstop.server import hls_http
@@ -146,11 +147,16 @@ def test_sessions_move_with_their_stream_keep_their_counters_and_a_kick_holds():
             segment = [line for line in body.decode().splitlines() if line.endswith(f"hls_ctx={ctx}")][0]
             assert (await player.get(seg.m3u8_name.rpartition("/")[0] + "/" + segment))[0] == 200
         old.worker.hls_sessions.get("bbbb0002").kick("test")
+        # An allowed viewer's verdict (access control) moves with it: on_stop is owed by the new worker alone.
+        old.worker.hls_sessions.get("aaaa0001").access = ConnAccess(cid="aaaa0001", ip="127.0.0.1", stream="s",
+                                                                    granted="play", playing=True)
         before = {ctx: old.worker.hls_sessions.get(ctx).snapshot() for ctx in ("aaaa0001", "bbbb0002")}
         sent, received = await Handover(old, new).finish()
         assert sent.broken == "" and sent.streams == 1
         for ctx, snap in before.items():
             assert new.worker.hls_sessions.get(ctx).snapshot() == snap
+        assert new.worker.hls_sessions.get("aaaa0001").access.playing
+        assert not old.worker.hls_sessions.sessions, "the old worker forgets what moved (no second on_stop)"
         assert [s.cid for s in new.worker.hls_sessions.clients()] == ["aaaa0001"]
         # Both keep-alive connections moved too (between two polls): the next requests reach the new worker.
         assert new.conn_of(viewer.port) is not None and new.conn_of(kicked.port) is not None
@@ -216,7 +222,9 @@ def test_snapshots_are_plain_data():
     session = HlsSession.__new__(HlsSession)
     values = ["ab12cd34", "__defaultVhost__", "live", "s", "192.0.2.1", 12.5, 1.7e9, 13.0, 4096, 0, 3, 10.0, True]
     snap = HlsSession.restore(W(), values).snapshot()
-    assert snap == values and pickle.loads(wire.dumps(snap)) == values
+    assert snap == values + [None] and pickle.loads(wire.dumps(snap)) == values + [None]   # no verdict: None
+    granted = HlsSession.restore(W(), values + [ConnAccess(cid="ab12cd34", playing=True).snapshot()])
+    assert granted.access.playing and pickle.loads(wire.dumps(granted.snapshot()))[-1]["cid"] == "ab12cd34"
     sessions.check([snap])
     sessions.restore(W(), [snap])
     assert sessions.get("ab12cd34").closed and sessions.total == 1
@@ -229,7 +237,7 @@ def test_snapshots_are_plain_data():
     merged = sessions2.get("ab12cd34")
     assert (merged.created_at, merged.send_bytes, merged.requests, merged.last_seen, merged.closed) == \
         (12.5, 4196, 4, 21.0, True)
-    for bad in ([["x"]], "nope", [values[:-1]], [[None] + values[1:]]):
+    for bad in ([["x"]], "nope", [values[:-1]], [[None] + values[1:]], [values + [{"playing": True}, 1]]):
         try:
             sessions.check(bad)
         except ValueError:

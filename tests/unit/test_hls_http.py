@@ -4,6 +4,7 @@ keep-alive, HEAD, and the two upgrade cases (a new worker still taking over, an 
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 from nonstop.config.schema import Hls
 from nonstop.media.hls import HlsIndex, Segmenter, settings_from_config
@@ -34,6 +35,9 @@ class NoCluster:
     def hls_pull(self, vhost, app, stream, query, host_header, now):
         return None
 
+    def hls_edge_target(self, path):
+        return None
+
 
 class FakeWorker:
     def __init__(self):
@@ -41,6 +45,7 @@ class FakeWorker:
         self.hls_index = HlsIndex()
         self.hls_sessions = HlsSessions()
         self.registry = FakeRegistry()
+        self.config = SimpleNamespace(vhosts={})   # no vhost config: no access control (test_hls_access.py)
         self.taking_over = False
         self.draining = False
         self.waiting = []
