@@ -226,3 +226,39 @@ def test_an_edge_with_signed_urls_pulls_nothing_for_made_up_names_without_a_toke
         threading.Thread(target=held_viewer, daemon=True).start()
         wait_for(lambda: "edge pull __defaultVhost__/live/real: asked for by an HLS viewer" in server.log(), 5,
                  what="the pull of a signed request")
+
+
+def test_an_upgrade_moves_a_session_with_its_verdict_one_on_play_and_one_on_stop(test_flv):
+    """The verdict travels with the session (transfer.py, HlsSessions.snapshot_for): the new worker asks the hook
+    server nothing for it, lists the same client, and sends its one on_stop at expiry; the old worker, which
+    forgot what moved, sends none when it exits."""
+    from tests.e2e.upgrade_helpers import UpgradeServer
+    hooks = HookServer().start()
+    server = UpgradeServer(vhost_body=f"{HLS}\n{hooks_block(hooks, events=('on_play', 'on_stop'))}").start()
+    pub = publish_file(server.rtmp_url("cam"), test_flv)
+    try:
+        wait_publishing(server)
+        wait_for(lambda: hget(server, "/live/cam.m3u8")[0] == 200, 30, interval=0.2, what="a first session")
+        status, master = hget(server, "/live/cam.m3u8")
+        ctx = ctx_of(master)
+        hooks.wait("on_play", client_id=ctx)
+        old = server.live_worker_pids()
+        server.upgrade(1)
+        status, playlist = hget(server, f"/live/cam.m3u8?hls_ctx={ctx}")
+        assert status == 200 and hget(server, "/live/" + segments_of(playlist.decode())[-1][1])[0] == 200
+        left = time.monotonic()     # the session's last request
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.api_port}/api/v1/clients/{ctx}", timeout=5) as r:
+            assert json.load(r)["client"]["id"] == ctx, "the same client, listed by the new worker"
+        wait_for(lambda: not any(pid in server.live_worker_pids() for pid in old), 15, what="the old worker to exit")
+        hooks.wait("on_stop", client_id=ctx, timeout=15)
+        took = time.monotonic() - left
+        print(f"on_stop {took:.1f} s after the last request")
+        # At expiry (2 * hls_window, 4 s), from the new worker: not at the old worker's exit.
+        assert took > 3.5, "on_stop came before the session expired: the old worker ended it when it exited"
+        time.sleep(1.5)     # a second on_stop would come at the next sweeps
+        assert len(hooks.bodies("on_play", client_id=ctx)) == 1, "the new worker asked again"
+        assert len(hooks.bodies("on_stop", client_id=ctx)) == 1, hooks.bodies("on_stop", client_id=ctx)
+    finally:
+        stop_proc(pub)
+        server.stop()
+        hooks.stop()
