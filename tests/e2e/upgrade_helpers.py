@@ -53,7 +53,8 @@ class TimedPlayer:
     def start(self) -> "TimedPlayer":
         args = [FFMPEG, "-v", "error", "-i", self.url, "-t", str(self.seconds), "-flush_packets", "1",
                 "-f", "framecrc", "-"]
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        # stdin is a pipe for quit(): ffmpeg reads its keys there.
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, bufsize=1)
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
@@ -67,6 +68,16 @@ class TimedPlayer:
 
     def playing(self) -> bool:
         return len(self.arrivals) >= 5
+
+    def quit(self) -> None:
+        """End the play now, as a viewer does, before its `seconds`: ffmpeg's `q` key, a clean end (exit 0, the
+        output closed), so finish() judges what was played up to here."""
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.proc.stdin.write("q")
+                self.proc.stdin.flush()
+            except OSError:
+                pass    # it ended meanwhile: finish() tells how
 
     def kill(self) -> None:
         """For a test's cleanup: end the player if it still runs."""
