@@ -16,7 +16,7 @@ import time
 import pytest
 
 from nonstop.protocol import rtmp
-from tests.e2e.upgrade_helpers import TimedPlayer, UpgradeServer, assert_every_frame_once
+from tests.e2e.upgrade_helpers import TimedPlayer, UpgradeServer, assert_every_frame_once, play_on_then_quit
 from tests.helpers import make_test_flv, publish_file, stop_proc, wait_for
 from tests.rtmp_client import RtmpTestClient
 
@@ -148,11 +148,7 @@ def upgrades_under_churn(long_flv, upgrades: int, players_per_s: float, probes_p
             lines.append(line)
             print(f"upgrade {n} ({took:.2f}s): {line}")
         if quit_after_s is not None:
-            counts = [len(r.arrivals) for r in readers]
-            wait_for(lambda: all(len(r.arrivals) >= n + quit_after_s * 25 for r, n in zip(readers, counts)),
-                     quit_after_s + 10, what=f"{quit_after_s} s of play after the last upgrade")
-            for r in readers:
-                r.quit()
+            play_on_then_quit(readers, quit_after_s)
         churn.stop.set()
         churn.join(30)
         results = [r.finish(reader_s + 30) for r in readers]

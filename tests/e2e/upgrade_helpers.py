@@ -102,6 +102,16 @@ class TimedPlayer:
         return gaps[len(gaps) // 2] if gaps else 0.0
 
 
+def play_on_then_quit(players: list[TimedPlayer], seconds: float, fps: int = 25) -> None:
+    """Wait (bounded) until every player has played `seconds` more of video from now, then quit them all: what
+    a test shows after its last operation, without playing out the rest of the players' `seconds`."""
+    counts = [len(p.arrivals) for p in players]
+    wait_for(lambda: all(len(p.arrivals) >= n + seconds * fps for p, n in zip(players, counts)), seconds + 10,
+             what=f"{seconds} s more of play at every player")
+    for p in players:
+        p.quit()
+
+
 def assert_every_frame_once(result: PlayResult, frame_s: float = 0.04, what: str = "player") -> None:
     """No decode error, no disconnect, and the video timestamps run on with no hole and no repeat."""
     assert result.returncode == 0, f"{what}: exit {result.returncode}: {result.stderr[-1000:]}"
