@@ -62,13 +62,13 @@ $(LEGACY_KUBECTL): $(STAMP)
 	cd $(VENV)/kubernetes-client && { apt-get download kubernetes-client 2>/dev/null || \
 		{ apt-get update -q && apt-get download kubernetes-client; }; } && dpkg -x kubernetes-client_*.deb .
 
-# tests/unit runs on both cores (pytest-xdist); then tests/e2e, serial: its timing bounds need the cores. Both run
-# whatever the first gave, and the target fails if either failed (not when a PYTEST_ARGS -k selects nothing in one:
-# pytest's exit 5). Property tests fuzz at most 100 examples each
-# here (tests/conftest.py); test-long runs them again at their full counts.
+# tests/unit runs on both cores (pytest-xdist, --dist worksteal: 31 s against 47 s serially), then tests/e2e
+# serially: its timing bounds need the cores. Both run whatever the first gave; the target fails if either failed
+# (not when a PYTEST_ARGS -k selects nothing in one: pytest's exit 5). Property tests fuzz at most 100 examples
+# each here (tests/conftest.py); test-long runs them again at the counts written in the tests.
 test: test-deps $(LEGACY_KUBECTL)
 	@status=0; \
-	$(PY) -m pytest -q -m 'not long' -n 2 $(PYTEST_ARGS) tests/unit || { rc=$$?; [ $$rc = 5 ] || status=$$rc; }; \
+	$(PY) -m pytest -q -m 'not long' -n 2 --dist worksteal $(PYTEST_ARGS) tests/unit || { rc=$$?; [ $$rc = 5 ] || status=$$rc; }; \
 	KUBECTL_EXTRA=$(abspath $(LEGACY_KUBECTL)) $(PY) -m pytest -q -m 'not long' $(PYTEST_ARGS) tests/e2e || { rc=$$?; [ $$rc = 5 ] || status=$$rc; }; \
 	exit $$status
 
@@ -77,7 +77,7 @@ test-kustomize-v2: test-deps $(LEGACY_KUBECTL)
 
 test-long: test-deps
 	@status=0; \
-	HYPOTHESIS_PROFILE=long $(PY) -m pytest -q -m 'not long' -n 2 $(PYTEST_ARGS) tests/unit || { rc=$$?; [ $$rc = 5 ] || status=$$rc; }; \
+	HYPOTHESIS_PROFILE=long $(PY) -m pytest -q -m 'not long' -n 2 --dist worksteal $(PYTEST_ARGS) tests/unit || { rc=$$?; [ $$rc = 5 ] || status=$$rc; }; \
 	HYPOTHESIS_PROFILE=long $(PY) -m pytest -q -m long $(PYTEST_ARGS) tests || status=$$?; \
 	exit $$status
 
