@@ -13,6 +13,7 @@ import json
 import subprocess
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -99,6 +100,12 @@ def decode(ffmpeg: str, url: str, seconds: float) -> dict[str, int]:
     return frames
 
 
+def decode_at_once(ffmpeg: str, urls: tuple[str, ...], seconds: float) -> list[dict[str, int]]:
+    """decode() of each URL, the players at once: each plays `seconds` of live media, side by side."""
+    with ThreadPoolExecutor(len(urls)) as pool:
+        return list(pool.map(lambda url: decode(ffmpeg, url, seconds), urls))
+
+
 @pytest.mark.parametrize("codec, name, profile, level", [
     ("hevc", "HEVC", "Main", "1"), ("av1", "AV1", "Main", "2.0"),
     # VP9's size comes from its first keyframe. Beyond the issue's HEVC and AV1: in make test-long, to keep make test
@@ -119,8 +126,8 @@ def test_publish_play_decode_and_codec_in_the_api(server, ffmpeg9, codec, name, 
         metrics = api(server.api_port, "/metrics")
         assert f'nonstop_stream_codecs{{codec="{name}",media="video"}} 1.0' in metrics
         assert 'nonstop_stream_codecs{codec="Opus",media="audio"} 1.0' in metrics
-        for url in (server.rtmp_url(), server.flv_url()):
-            frames = decode(ffmpeg9, url, 2)
+        urls = (server.rtmp_url(), server.flv_url())
+        for url, frames in zip(urls, decode_at_once(ffmpeg9, urls, 2)):
             # 2 s at 10 fps is 20 frames; Opus at 48 kHz is 100 frames of 20 ms.
             assert frames.get("video 160x120", 0) >= 15 and frames.get("audio", 0) >= 50, f"{url}: {frames}"
     finally:
@@ -196,8 +203,8 @@ def test_multitrack_reaches_rtmp_and_http_flv_late_joiners(server, ffmpeg9):
         assert stream["video"]["width"] == 160, "the API shows the default track (0)"
         frames = lambda: api(server.api_port, "/api/v1/streams/")["streams"][0]["frames"]  # noqa: E731
         wait_for(lambda: frames() >= 2 * (GOP + GOP // 2), 15, interval=0.1, what="a GOP and a half")
-        for url in (server.rtmp_url(), server.flv_url()):
-            decoded = decode(ffmpeg9, url, 2)
+        urls = (server.rtmp_url(), server.flv_url())
+        for url, decoded in zip(urls, decode_at_once(ffmpeg9, urls, 2)):
             assert decoded.get("video 160x120", 0) >= 15, f"{url}: track 0 not decoded: {decoded}"
             assert decoded.get("video 128x96", 0) >= 15, f"{url}: track 1 not decoded: {decoded}"
             assert decoded.get("audio", 0) >= 50, f"{url}: {decoded}"

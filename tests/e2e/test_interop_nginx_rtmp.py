@@ -9,8 +9,8 @@ import textwrap
 
 import pytest
 
-from tests.helpers import (FFMPEG, Server, assert_frames_match_timestamps, free_port, play, port_open,
-                           publish_file, stop_proc, wait_for)
+from tests.helpers import (FFMPEG, Server, assert_frames_match_timestamps, finish_player, free_port, play, port_open,
+                           publish_file, start_player, stop_proc, wait_for)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -82,8 +82,9 @@ def test_nginx_rtmp_push_into_nonstop_plays_over_rtmp_and_http_flv(tmp_path, med
         publisher = publish_file(f"rtmp://127.0.0.1:{nginx_port}/live/s", source_file)
         try:
             wait_publishing(server, "relay", "s")
-            for url in (server.rtmp_url("s", app="relay"), server.flv_url("s", app="relay")):
-                result = play(url, 3, timeout=25)
+            urls = (server.rtmp_url("s", app="relay"), server.flv_url("s", app="relay"))
+            players = [start_player(url, 3) for url in urls]    # side by side: 3 s of live media each
+            for url, result in zip(urls, [finish_player(p, 25) for p in players]):
                 print(f"{url}: {len(result.video)} video frames, {len(result.audio)} audio frames decoded")
                 assert result.returncode == 0, result.stderr[-2000:]
                 # Before the fix: 0 frames. The count in a 3 s window depends on where the play joins the

@@ -68,10 +68,10 @@ def test_live_publish_plays_over_rtmp_and_http_flv_with_server_version(server):
         assert kinds == ["audio", "video"]
         tags = probe["format"].get("tags", {})
         assert tags.get("server_version") == __version__ and tags.get("server") == f"nonstop/{__version__}"
-        rtmp_result = play(server.rtmp_url(), 4)
+        rtmp_player, flv_player = start_player(server.rtmp_url(), 4), start_player(server.flv_url(), 4)   # at once
+        rtmp_result, flv_result = finish_player(rtmp_player, 24), finish_player(flv_player, 24)
         assert_clean_decode(rtmp_result)
         assert_frames_match_timestamps(rtmp_result)
-        flv_result = play(server.flv_url(), 4)
         assert_clean_decode(flv_result)
         assert_frames_match_timestamps(flv_result)
         probe = ffprobe_json(server.flv_url())

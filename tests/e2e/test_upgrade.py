@@ -13,7 +13,7 @@ import pytest
 
 from tests.e2e.ops_helpers import connect_refused, http_status, process_alive, rtmp_connect_ok
 from tests.e2e.upgrade_helpers import (ReadyzWatch, TimedPlayer, UpgradeServer, assert_every_frame_once, finish_bench,
-                                       start_bench)
+                                       play_on_then_quit, start_bench)
 from tests.helpers import make_test_flv, publish_file, run_nonstop, stop_proc, wait_for
 
 pytestmark = pytest.mark.timeout(150)
@@ -129,6 +129,7 @@ def test_a_new_worker_that_fails_is_rolled_back_and_the_old_one_serves_on(long_f
         assert ("not ready within upgrade_timeout" if failure == "hang" else "exited") in upgrade["reason"]
         assert server.summaries()["self"]["generation"] == 1
         assert rtmp_connect_ok(server.rtmp_port) and http_status(server.api("/readyz")) == 200
+        play_on_then_quit(players, 1)   # on the old worker, after the rollback
         for i, p in enumerate(players):
             assert_every_frame_once(p.finish(30), what=f"player {i}")
         assert max(p.worst_gap() for p in players) < GAP_BOUND_S
@@ -157,6 +158,7 @@ def test_an_unknown_handover_schema_leaves_the_connections_draining_on_the_old_w
         assert "refusing handover frame of schema 99" in server.log()
         assert upgrade["state"] == "done" and upgrade["handed_over"] == 0 and upgrade["failed"] == 3
         assert server.summaries()["self"]["generation"] == 2     # the new worker serves new connections
+        play_on_then_quit(players, 1)   # on the old worker, draining
         for i, p in enumerate(players):
             assert_every_frame_once(p.finish(30), what=f"player {i}")
         assert process_alive(old[0]), "the old worker drains its publisher"
@@ -193,6 +195,7 @@ def test_killing_the_new_worker_mid_handover_leaves_what_did_not_move_playing_on
         assert upgrade["state"] == "rolled_back", upgrade
         assert upgrade["handed_over"] == 1 and upgrade["failed"] == 2, "the first publisher moved, not the rest"
         assert server.live_worker_pids() == old
+        play_on_then_quit([player], 1)  # on the old worker, serving again
         assert_every_frame_once(player.finish(30), what="the second stream's player")
         assert player.worst_gap() < GAP_BOUND_S, player.worst_gap()
         assert second.poll() is None, "the second publisher kept its connection"

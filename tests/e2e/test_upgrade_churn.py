@@ -16,16 +16,24 @@ import time
 import pytest
 
 from nonstop.protocol import rtmp
-from tests.e2e.upgrade_helpers import TimedPlayer, UpgradeServer, assert_every_frame_once
+from tests.e2e.upgrade_helpers import TimedPlayer, UpgradeServer, assert_every_frame_once, play_on_then_quit
 from tests.helpers import make_test_flv, publish_file, stop_proc, wait_for
 from tests.rtmp_client import RtmpTestClient
 
 pytestmark = pytest.mark.timeout(240)
 STREAM = "__defaultVhost__/live/livestream"
-# make test: 3 upgrades with 20 short-lived players (0.1-1.5 s) and 10 first-frame probes a second; make
-# test-long: the issue's rates, 40 and 20 a second, through 5 upgrades.
+# make test: 3 upgrades with 20 short-lived players (0.1-1.5 s) and 10 first-frame probes a second, the readers
+# quitting once they have played 2 s past the last upgrade; make test-long: the issue's rates, 40 and 20 a second,
+# through 5 upgrades, the readers playing 85 s.
 # As in test_upgrade.py: the goal for a reader's worst gap between video frames is 250 ms; asserted with 3x.
 GAP_BOUND_S = 0.75
+
+
+@pytest.fixture(scope="module")
+def flv_40s(media_dir):
+    """The 40 s file test_upgrade.py and test_hls.py publish too (made once a session): the short run quits its
+    readers 2 s after the last upgrade, well within it (about 20 s in on a loaded 2-core machine)."""
+    return make_test_flv(media_dir / "upgrade-40s.flv", seconds=40)
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +112,8 @@ class Churn(threading.Thread):
                 client.writer.transport.abort()     # hang up at once, as ffprobe does
 
 
-def test_upgrades_during_churn_and_probes_lose_no_reader_no_frame_and_no_stream(long_flv):
-    upgrades_under_churn(long_flv, upgrades=3, players_per_s=20, probes_per_s=10, reader_s=50)
+def test_upgrades_during_churn_and_probes_lose_no_reader_no_frame_and_no_stream(flv_40s):
+    upgrades_under_churn(flv_40s, upgrades=3, players_per_s=20, probes_per_s=10, reader_s=38, quit_after_s=2)
 
 
 @pytest.mark.long
@@ -114,7 +122,11 @@ def test_five_upgrades_at_the_issues_churn_rates(long_flv):
     upgrades_under_churn(long_flv, upgrades=5, players_per_s=40, probes_per_s=20, reader_s=85)
 
 
-def upgrades_under_churn(long_flv, upgrades: int, players_per_s: float, probes_per_s: float, reader_s: float):
+def upgrades_under_churn(long_flv, upgrades: int, players_per_s: float, probes_per_s: float, reader_s: float,
+                         quit_after_s: float | None = None):
+    """`reader_s` bounds the readers' play from above (upgrades take 3-10 s each on a loaded machine); with
+    `quit_after_s`, the readers end once each has played that many seconds more after the last upgrade, under
+    the churn still, instead of playing out `reader_s`: what follows the last upgrade shows no more."""
     server = UpgradeServer(vhost_body="min_latency on;", max_connections=3000).start()
     publisher = publish_file(server.rtmp_url(), long_flv, loop=False)
     readers, churn = [], None
@@ -135,6 +147,8 @@ def upgrades_under_churn(long_flv, upgrades: int, players_per_s: float, probes_p
             line = re.findall(r"upgrade (?:done|rolled_back|failed).*", server.log())[-1]
             lines.append(line)
             print(f"upgrade {n} ({took:.2f}s): {line}")
+        if quit_after_s is not None:
+            play_on_then_quit(readers, quit_after_s)
         churn.stop.set()
         churn.join(30)
         results = [r.finish(reader_s + 30) for r in readers]

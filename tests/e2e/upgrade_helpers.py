@@ -53,7 +53,8 @@ class TimedPlayer:
     def start(self) -> "TimedPlayer":
         args = [FFMPEG, "-v", "error", "-i", self.url, "-t", str(self.seconds), "-flush_packets", "1",
                 "-f", "framecrc", "-"]
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        # stdin is a pipe for quit(): ffmpeg reads its keys there.
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, bufsize=1)
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
@@ -67,6 +68,16 @@ class TimedPlayer:
 
     def playing(self) -> bool:
         return len(self.arrivals) >= 5
+
+    def quit(self) -> None:
+        """End the play now, as a viewer does, before its `seconds`: ffmpeg's `q` key, a clean end (exit 0, the
+        output closed), so finish() judges what was played up to here."""
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.proc.stdin.write("q")
+                self.proc.stdin.flush()
+            except OSError:
+                pass    # it ended meanwhile: finish() tells how
 
     def kill(self) -> None:
         """For a test's cleanup: end the player if it still runs."""
@@ -89,6 +100,16 @@ class TimedPlayer:
     def median_gap(self) -> float:
         gaps = sorted(b - a for a, b in zip(self.arrivals, self.arrivals[1:]))
         return gaps[len(gaps) // 2] if gaps else 0.0
+
+
+def play_on_then_quit(players: list[TimedPlayer], seconds: float, fps: int = 25) -> None:
+    """Wait (bounded) until every player has played `seconds` more of video from now, then quit them all: what
+    a test shows after its last operation, without playing out the rest of the players' `seconds`."""
+    counts = [len(p.arrivals) for p in players]
+    wait_for(lambda: all(len(p.arrivals) >= n + seconds * fps for p, n in zip(players, counts)), seconds + 10,
+             what=f"{seconds} s more of play at every player")
+    for p in players:
+        p.quit()
 
 
 def assert_every_frame_once(result: PlayResult, frame_s: float = 0.04, what: str = "player") -> None:
