@@ -44,7 +44,9 @@ from tests.helpers import ROOT, port_open, wait_for
 # Endpoint propagation (kube-proxy, cloud load balancers) takes about a second or two after a pod is deleted;
 # the edge's grace_start_wait (5 s) covers it. The simulation removes the endpoint this long after the deletion.
 ENDPOINT_PROPAGATION_S = 2.0
-PROBE_TIMEOUT_FLOOR_S = 1.0
+# A probe's timeout does not scale either: an answer's time depends on the machine, not on the simulation's
+# clock. The manifests' timeoutSeconds is 2 s; scaled it would be 0.2 s, so a probe waits the real 2 s.
+PROBE_TIMEOUT_FLOOR_S = 2.0
 # A process's start does not scale with the simulation: two Python processes (master, worker) start in 0.2-1.0 s
 # here, more on a loaded machine, while a scaled initialDelaySeconds of 5 s is 0.5 s. The liveness probe's first
 # look waits at least this long, as the real 5 s does for a real start.
@@ -305,11 +307,14 @@ class Kubelet:
         time.sleep(delay)
         failures = 0
         while pod.probing and pod.alive():
-            if http_status(url, timeout) == 200:
+            status = http_status(url, timeout)
+            if status == 200:
                 failures = 0
             else:
                 failures += 1
                 pod.liveness_failures += 1
+                since = "" if pod.deleted_at is None else f", {time.monotonic() - pod.deleted_at:.2f}s after deletion"
+                self.note(f"{pod.name} liveness probe failed: {status}{since}")
                 if failures >= threshold:
                     self.note(f"{pod.name} LIVENESS FAILED {failures} times: the kubelet would restart it")
             time.sleep(period)
