@@ -47,9 +47,11 @@ def test_three_upgrades_under_load_move_every_connection_without_a_lost_frame(lo
         _wait_publish(server)
         master_pid = server.proc.pid
         generation = server.summaries()["self"]["generation"]
-        players = [TimedPlayer(server.rtmp_url(), 22).start(), TimedPlayer(server.rtmp_url(), 22).start(),
-                   TimedPlayer(server.flv_url(), 22).start(), TimedPlayer(server.flv_url(), 22).start()]
-        bench = start_bench(server.rtmp_url(), players=50, churn=100, duration=20)
+        # The players play until 2 s after the last upgrade, and the bench lasts 30 s: on a loaded machine an
+        # upgrade takes 3-7 s (signal to done), and all three must happen while both still run.
+        players = [TimedPlayer(server.rtmp_url(), 60).start(), TimedPlayer(server.rtmp_url(), 60).start(),
+                   TimedPlayer(server.flv_url(), 60).start(), TimedPlayer(server.flv_url(), 60).start()]
+        bench = start_bench(server.rtmp_url(), players=50, churn=100, duration=30)
         wait_for(lambda: all(p.playing() for p in players), 20, what="the ffmpeg players to play")
         wait_for(lambda: server.log().count(f"play {STREAM}, start=") >= 52, 20, what="the bench players to play")
         accepted = metric(server.metrics(), "nonstop_connections_accepted_total")
@@ -62,6 +64,8 @@ def test_three_upgrades_under_load_move_every_connection_without_a_lost_frame(lo
             assert server.log().count("upgrade done") == n, server.log()[-4000:]
             print(f"upgrade {n}: {server.summaries()['upgrade']} (signal to done {took[-1]:.2f}s)")
         readyz.stop.set()
+        assert bench.poll() is None, "the bench ended before the last upgrade: what moved is not what it shows"
+        play_on_then_quit(players, 2)
         results = [p.finish(40) for p in players]
         report = finish_bench(bench, 40)
         gaps = [p.worst_gap() for p in players]
