@@ -265,6 +265,32 @@ def long_flv(media_dir):
     return make_test_flv(media_dir / "upgrade-40s.flv", seconds=40)
 
 
+def assert_one_unbroken_playlist(poller: "PlaylistPoller", result, tmp_path) -> None:
+    """What a playlist poller and an ffmpeg HLS player saw through upgrades: media sequence numbers that only grow,
+    no discontinuity, every segment, no 404, and the segments joined are one clean TS stream."""
+    bad = [(p, s) for p, s in poller.statuses if s not in (200, 302)]
+    print(f"poller: {len(poller.statuses)} requests, {poller.reconnects} reconnects, "
+          f"{sum(1 for _, s in poller.statuses if s == 302)} redirects, segments {min(poller.segments)}.."
+          f"{max(poller.segments)}; ffmpeg decoded {len(result.video)} video frames")
+    assert not bad, bad[:10]
+    assert poller.sequences == sorted(poller.sequences), poller.sequences
+    assert poller.discontinuities == 0
+    seqs = sorted(poller.segments)
+    assert seqs == list(range(seqs[0], seqs[-1] + 1)), "a segment is missing"
+    # The segments, joined, are one clean TS stream: continuity counters and timestamps run on across the
+    # upgrades, so ffmpeg decodes it with no error and one frame per timestamp step.
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(b"".join(poller.segments[s] for s in seqs))
+    proc = subprocess.run([FFMPEG, "-v", "error", "-i", str(joined), "-f", "framecrc", "-"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr[-2000:]
+    joined_result = parse_framecrc(proc.returncode, proc.stdout, proc.stderr)
+    assert_frames_match_timestamps(joined_result, tolerance=0.0, min_frames=25 * len(seqs) // 2)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert_frames_match_timestamps(result, tolerance=0.0, min_frames=200)
+
+
+@pytest.mark.long   # make test runs the same checks beside hls.js (test_hls_upgrade.py)
 def test_three_upgrades_keep_one_unbroken_playlist_with_every_segment_and_no_404(long_flv, tmp_path):
     server = UpgradeServer(vhost_body=HLS_BODY).start()
     publisher = publish_file(server.rtmp_url(), long_flv, loop=False)
@@ -284,27 +310,7 @@ def test_three_upgrades_keep_one_unbroken_playlist_with_every_segment_and_no_404
         wait_for(lambda: len(poller.segments) >= seen + 3, 20, what="3 segments after the last upgrade")
         poller.stop.set()
         poller.join(10)
-        result = player.finish(40)
-        bad = [(p, s) for p, s in poller.statuses if s not in (200, 302)]
-        print(f"poller: {len(poller.statuses)} requests, {poller.reconnects} reconnects, "
-              f"{sum(1 for _, s in poller.statuses if s == 302)} redirects, segments {min(poller.segments)}.."
-              f"{max(poller.segments)}; ffmpeg decoded {len(result.video)} video frames")
-        assert not bad, bad[:10]
-        assert poller.sequences == sorted(poller.sequences), poller.sequences
-        assert poller.discontinuities == 0
-        seqs = sorted(poller.segments)
-        assert seqs == list(range(seqs[0], seqs[-1] + 1)), "a segment is missing"
-        # The segments, joined, are one clean TS stream: continuity counters and timestamps run on across the
-        # upgrades, so ffmpeg decodes it with no error and one frame per timestamp step.
-        joined = tmp_path / "joined.ts"
-        joined.write_bytes(b"".join(poller.segments[s] for s in seqs))
-        proc = subprocess.run([FFMPEG, "-v", "error", "-i", str(joined), "-f", "framecrc", "-"],
-                              capture_output=True, text=True, timeout=60)
-        assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr[-2000:]
-        joined_result = parse_framecrc(proc.returncode, proc.stdout, proc.stderr)
-        assert_frames_match_timestamps(joined_result, tolerance=0.0, min_frames=25 * len(seqs) // 2)
-        assert result.returncode == 0, result.stderr[-2000:]
-        assert_frames_match_timestamps(result, tolerance=0.0, min_frames=200)
+        assert_one_unbroken_playlist(poller, player.finish(40), tmp_path)
     finally:
         if poller is not None:
             poller.stop.set()
@@ -389,7 +395,9 @@ FPS_LIVE = glass.FPS
 
 
 @pytest.mark.skipif(not CHROMIUM, reason="Chromium is not installed (make test-deps installs it)")
-@pytest.mark.parametrize("body", [HLS_BODY, pytest.param(FMP4_BODY, marks=pytest.mark.long)], ids=["ts", "fmp4"])
+# TS runs in make test through test_hls_upgrade.py (hls.js on the player page, three upgrades, real time, every frame).
+@pytest.mark.long
+@pytest.mark.parametrize("body", [HLS_BODY, FMP4_BODY], ids=["ts", "fmp4"])
 def test_hlsjs_in_headless_chromium_plays_in_real_time_without_errors(test_flv, tmp_path, body):
     """hls.js on TS and fMP4 segments; LL-HLS has its own test below (a live publisher, the latency measured)."""
     assert HLSJS.exists(), f"{HLSJS} is missing: `make test-deps` installs hls.js from npm"

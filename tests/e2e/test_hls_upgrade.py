@@ -16,7 +16,8 @@ import pytest
 
 from tests.browser import CHROMIUM, Browser
 from tests.e2e.ops_helpers import process_alive
-from tests.e2e.test_hls import HLS_BODY, get, m3u8_url, segments_of, wait_segments
+from tests.e2e.test_hls import (HLS_BODY, PlaylistPoller, assert_one_unbroken_playlist, get, m3u8_url,
+                                segments_of, wait_segments)
 from tests.e2e.upgrade_helpers import TimedPlayer, UpgradeServer
 from tests.helpers import make_test_flv, publish_file, publish_live, stop_proc, wait_for
 
@@ -113,12 +114,18 @@ setInterval(() => {
 
 
 @pytest.mark.skipif(not CHROMIUM, reason="Chromium is not installed (make test-deps installs it)")
-def test_hlsjs_on_the_player_page_plays_through_three_upgrades(flv_40s):
+def test_hlsjs_on_the_player_page_plays_through_three_upgrades(flv_40s, tmp_path):
+    """hls.js on /players/, and beside it a playlist poller and ffmpeg's HLS demuxer (the issue: "test it with
+    ffmpeg's HLS demuxer and with hls.js"), through the same three upgrades."""
     server = UpgradeServer(vhost_body=HLS_BODY).start()
     publisher = publish_file(server.rtmp_url(), flv_40s, loop=False)
     failed: list[str] = []
+    poller = None
     try:
         wait_segments(server, 2)
+        poller = PlaylistPoller(server.http_port, "/live/livestream.m3u8?hls_ctx=upgrade")
+        poller.start()
+        player = TimedPlayer(m3u8_url(server) + "?hls_ctx=ffmpeg", 60).start()
         with Browser() as browser:
             page = browser.new_page()
 
@@ -147,9 +154,18 @@ def test_hlsjs_on_the_player_page_plays_through_three_upgrades(flv_40s):
             errors = page.eval("window.__hlsErrors")
             state = page.eval("window.nonstopPlayer.state + ' ' + window.nonstopPlayer.error")
             page_errors = list(page.errors)
+        seen = len(poller.segments)
+        wait_for(lambda: len(poller.segments) >= seen + 1, 20, what="a segment after the last upgrade")
+        poller.stop.set()
+        poller.join(10)
+        player.quit()
+        result = player.finish(40)
     finally:
+        if poller is not None:
+            poller.stop.set()
         stop_proc(publisher)
         server.stop()
+    assert_one_unbroken_playlist(poller, result, tmp_path)
     playing = [s for s in samples if s[1] > 0]
     first, last = playing[0], playing[-1]
     wall, played, frames = last[0] - first[0], last[1] - first[1], last[2] - first[2]
