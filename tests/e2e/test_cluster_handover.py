@@ -16,7 +16,7 @@ import time
 import pytest
 
 from tests.e2e.test_upgrade import GAP_BOUND_S, GAP_GOAL_S, long_flv  # noqa: F401  (long_flv is a fixture)
-from tests.e2e.upgrade_helpers import TimedPlayer, UpgradeServer, assert_every_frame_once
+from tests.e2e.upgrade_helpers import TimedPlayer, UpgradeServer, assert_every_frame_once, play_on_then_quit
 from tests.helpers import (Server, assert_frames_match_timestamps, finish_player, publish_file, start_player,
                            stop_proc, wait_for)
 
@@ -25,6 +25,7 @@ pytestmark = pytest.mark.timeout(120)
 FRAME_S = 0.04          # the test file's 25 fps
 
 
+@pytest.mark.long   # make test runs the real path below (an upgrade), which shows the same promise
 def test_edge_pull_is_re_established_after_a_handover_without_the_player_noticing(test_flv, tmp_path):
     path = str(tmp_path / "handover.sock")
     origin = Server().start()
@@ -72,7 +73,7 @@ def test_an_upgraded_edge_pulls_again_and_its_rtmp_and_flv_players_see_every_fra
     players = []
     try:
         wait_for(lambda: "publish __defaultVhost__/live/livestream," in origin.log(), 15, what="publish")
-        players = [TimedPlayer(edge.rtmp_url(), 10).start(), TimedPlayer(edge.flv_url(), 10).start()]
+        players = [TimedPlayer(edge.rtmp_url(), 30).start(), TimedPlayer(edge.flv_url(), 30).start()]
         wait_for(lambda: all(p.playing() for p in players), 20, what="the edge players to play")
         time.sleep(2)   # mid-stream
         took = edge.upgrade(1)
@@ -81,6 +82,7 @@ def test_an_upgraded_edge_pulls_again_and_its_rtmp_and_flv_players_see_every_fra
         assert upgrade["state"] == "done" and upgrade["handed_over"] >= 2 and upgrade["failed"] == 0, upgrade
         wait_for(lambda: "re-establishing it" in edge.log() or "joined the upstream session" in edge.log(), 10,
                  what="the new worker to pull again")
+        play_on_then_quit(players, 2)   # 2 s on the new worker's pull, then the check
         for player, what in zip(players, ("RTMP player", "HTTP-FLV player")):
             result = player.finish(40)
             print(f"{what}: {len(result.video_pts())} frames, worst gap {player.worst_gap() * 1000:.0f} ms "
