@@ -12,21 +12,14 @@ import pytest
 from nonstop.protocol import flv
 from nonstop.protocol.fmp4 import Fmp4Muxer
 from nonstop.protocol.mpegts import STREAM_TYPES, TsMuxer
-from tests.unit.test_mpegts import FFMPEG, _hevc_flv_payloads
+from tests.unit.test_mpegts import FFMPEG, hevc_test_payloads
 
 FFPROBE = "ffprobe"
 
 
 @pytest.fixture(scope="module")
 def hevc_payloads(tmp_path_factory) -> list[tuple[int, bytes]]:
-    raw_path = tmp_path_factory.mktemp("hevc") / "in.hevc"
-    made = subprocess.run([FFMPEG, "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=160x120:rate=25", "-t", "2",
-                           "-c:v", "libx265", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
-                           "-x265-params", "log-level=none:aud=1:bframes=0:keyint=25", str(raw_path)],
-                          capture_output=True, timeout=120)
-    if made.returncode != 0:
-        pytest.skip(f"no libx265 in this ffmpeg: {made.stderr[-200:]!r}")
-    payloads = _hevc_flv_payloads(raw_path.read_bytes())
+    payloads = hevc_test_payloads(tmp_path_factory.mktemp("hevc") / "in.hevc")
     # configurationVersion 1, as every encoder writes it (the helper leaves 0; FFmpeg then takes the record for
     # Annex B and finds no start code in an MP4 sample).
     ts, sh = payloads[0]

@@ -256,15 +256,20 @@ def _hevc_flv_payloads(raw: bytes) -> list[tuple[int, bytes]]:
     return out
 
 
-def test_hevc_read_back_by_ffprobe_and_decoded(tmp_path):
-    raw_path = tmp_path / "in.hevc"
+def hevc_test_payloads(raw_path: Path) -> list[tuple[int, bytes]]:
+    """2 s of 25 fps HEVC (x265, an AUD per frame, no B-frames, a keyframe a second) as FLV video payloads; the
+    test is skipped where this ffmpeg has no libx265."""
     made = subprocess.run([FFMPEG, "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=160x120:rate=25", "-t", "2",
                            "-c:v", "libx265", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
                            "-x265-params", "log-level=none:aud=1:bframes=0:keyint=25", str(raw_path)],
                           capture_output=True, timeout=120)
     if made.returncode != 0:
         pytest.skip(f"no libx265 in this ffmpeg: {made.stderr[-200:]!r}")
-    payloads = _hevc_flv_payloads(raw_path.read_bytes())
+    return _hevc_flv_payloads(raw_path.read_bytes())
+
+
+def test_hevc_read_back_by_ffprobe_and_decoded(tmp_path):
+    payloads = hevc_test_payloads(tmp_path / "in.hevc")
     mux = TsMuxer()
     body = [mux.video(ts, p) for ts, p in payloads]
     ts_bytes = mux.tables() + b"".join(body)
