@@ -466,7 +466,7 @@ def test_hlsjs_low_latency_mode_plays_every_frame_in_real_time_under_3_s_glass_t
         try:
             wait_for(lambda: b"#EXT-X-PART:" in get(m3u8_url(server) + "?hls_ctx=w")[2], 30, interval=0.1,
                      what="an LL-HLS playlist with a part")
-            # As a live player is set up (the console's /players/ too): hls.js may play up to 1.5x to reach its
+            # As a low-latency live player is set up: hls.js may play up to 1.5x to reach its
             # target latency after its start, which it never makes up by default (settle_s leaves it the time to
             # catch up before the window that checks real time). bench/ll_latency.py measures
             # both settings (bench/RESULTS.md); with the defaults the figure is near the bound on a loaded machine.

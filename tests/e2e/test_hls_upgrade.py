@@ -175,9 +175,7 @@ def test_hlsjs_on_the_player_page_plays_through_three_upgrades(flv_40s, tmp_path
           f"{min(steps):+.3f} s; hls.js errors {errors}, failed responses {failed}, player state {state!r}")
     assert not errors and not failed and not page_errors, (errors, failed, page_errors)
     assert "error" not in state
-    # The page lets hls.js play up to 1.5x to reach its target latency (maxLiveSyncPlaybackRate), so media time
-    # may run ahead of the wall clock; it must never fall behind it (a stall), and a jump shows in the steps.
-    assert played > wall - 0.5, "playback did not keep up with the wall clock (a stall)"
+    assert abs(played - wall) < 0.5, "playback did not keep up with the wall clock (a stall or a jump)"
     # currentTime never jumps: between two samples 0.1 s apart it moves by the wall time, give or take a frame
     # and a timer's jitter (a seek over a hole would show as a step of a segment or more).
     assert max(steps) < 0.3 and min(steps) > -0.3, (max(steps), min(steps))

@@ -35,7 +35,7 @@ function play(url, wanted) {
   video.muted = true;
   if (stats.kind === "hls") {
     if (window.Hls && Hls.isSupported()) {
-      const hls = new Hls({ lowLatencyMode: true, liveSyncDurationCount: 2, maxLiveSyncPlaybackRate: 1.5 });
+      const hls = new Hls({ lowLatencyMode: true, liveSyncDurationCount: 2 });
       hls.on(Hls.Events.ERROR, (_, data) => { if (data.fatal) fail(`hls.js: ${data.type} ${data.details}`); });
       hls.loadSource(stats.url);
       hls.attachMedia(video);
