@@ -412,6 +412,27 @@ def _read_tracks(r: _Reader, multitrack: int | None, fourcc: bytes | None) -> tu
     return tuple(tracks)
 
 
+def _read_multitrack(r: _Reader, packet_type: int, multitrack_type: int, modex_type: int, known: object,
+                     what: str) -> tuple[int | None, int, tuple[Track, ...]]:
+    """After an ExHeader's packet type: the multitrack byte when there is one (its AvMultitrackType and the
+    packet type inside), the FourCC unless each track names its own, then the tracks. The same for video and
+    audio but for their constants. Returns (multitrack or None, packet type, tracks)."""
+    multitrack = None
+    fourcc = None
+    if packet_type == multitrack_type:
+        byte = r.u8()
+        multitrack, packet_type = byte >> 4, byte & 0x0F
+        if multitrack > MULTITRACK_MANY_TRACKS_MANY_CODECS:
+            raise FlvError(f"reserved AvMultitrackType {multitrack}")
+        if packet_type in (multitrack_type, modex_type) or packet_type not in known:
+            raise FlvError(f"{what} {packet_type} inside a multitrack message")
+        if multitrack != MULTITRACK_MANY_TRACKS_MANY_CODECS:
+            fourcc = r.take(4)
+    else:
+        fourcc = r.take(4)
+    return multitrack, packet_type, _read_tracks(r, multitrack, fourcc)
+
+
 def parse_video_header(payload) -> MediaHeader:
     """The header of a video message. Raises FlvError when it is empty, truncated or uses a reserved
     value of Enhanced RTMP (an unknown FourCC is not an error: its codec is None)."""
@@ -436,20 +457,8 @@ def parse_video_header(payload) -> MediaHeader:
         raise FlvError(f"reserved VideoPacketType {packet_type}")
     if frame_type == FRAME_COMMAND and packet_type != PACKET_METADATA:
         return MediaHeader(True, frame_type, packet_type, None, command=r.u8(), nano_offset=nano)
-    multitrack = None
-    fourcc = None
-    if packet_type == VIDEO_PACKET_MULTITRACK:
-        byte = r.u8()
-        multitrack, packet_type = byte >> 4, byte & 0x0F
-        if multitrack > MULTITRACK_MANY_TRACKS_MANY_CODECS:
-            raise FlvError(f"reserved AvMultitrackType {multitrack}")
-        if packet_type in (VIDEO_PACKET_MULTITRACK, VIDEO_PACKET_MODEX) or packet_type not in VIDEO_PACKET_TYPES:
-            raise FlvError(f"VideoPacketType {packet_type} inside a multitrack message")
-        if multitrack != MULTITRACK_MANY_TRACKS_MANY_CODECS:
-            fourcc = r.take(4)
-    else:
-        fourcc = r.take(4)
-    tracks = _read_tracks(r, multitrack, fourcc)
+    multitrack, packet_type, tracks = _read_multitrack(r, packet_type, VIDEO_PACKET_MULTITRACK, VIDEO_PACKET_MODEX,
+                                                       VIDEO_PACKET_TYPES, "VideoPacketType")
     return MediaHeader(True, frame_type, packet_type, VIDEO_FOURCCS.get(tracks[0].fourcc), multitrack,
                        tracks, nano_offset=nano)
 
@@ -471,20 +480,8 @@ def parse_audio_header(payload) -> MediaHeader:
     packet_type, nano = _read_modex(r, payload[0] & 0x0F, AUDIO_PACKET_MODEX)
     if packet_type not in AUDIO_PACKET_TYPES:
         raise FlvError(f"reserved AudioPacketType {packet_type}")
-    multitrack = None
-    fourcc = None
-    if packet_type == AUDIO_PACKET_MULTITRACK:
-        byte = r.u8()
-        multitrack, packet_type = byte >> 4, byte & 0x0F
-        if multitrack > MULTITRACK_MANY_TRACKS_MANY_CODECS:
-            raise FlvError(f"reserved AvMultitrackType {multitrack}")
-        if packet_type in (AUDIO_PACKET_MULTITRACK, AUDIO_PACKET_MODEX) or packet_type not in AUDIO_PACKET_TYPES:
-            raise FlvError(f"AudioPacketType {packet_type} inside a multitrack message")
-        if multitrack != MULTITRACK_MANY_TRACKS_MANY_CODECS:
-            fourcc = r.take(4)
-    else:
-        fourcc = r.take(4)
-    tracks = _read_tracks(r, multitrack, fourcc)
+    multitrack, packet_type, tracks = _read_multitrack(r, packet_type, AUDIO_PACKET_MULTITRACK, AUDIO_PACKET_MODEX,
+                                                       AUDIO_PACKET_TYPES, "AudioPacketType")
     return MediaHeader(True, 0, packet_type, AUDIO_FOURCCS.get(tracks[0].fourcc), multitrack, tracks,
                        nano_offset=nano)
 
