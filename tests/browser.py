@@ -14,6 +14,7 @@ import itertools
 import json
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -21,6 +22,8 @@ import time
 from pathlib import Path
 
 import aiohttp
+
+from tests.helpers import stop_proc
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -93,12 +96,7 @@ class Browser:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(5)
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+            stop_proc(self.proc, sig=signal.SIGTERM)
         shutil.rmtree(self.profile, ignore_errors=True)
 
     # ----- the websocket ---------------------------------------------------------------------------------

@@ -172,9 +172,10 @@ def publish_live(url: str, size: str = "320x240", rate: int = 25) -> subprocess.
     return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def stop_proc(proc: subprocess.Popen, timeout: float = 5) -> None:
+def stop_proc(proc: subprocess.Popen, timeout: float = 5, sig: int = signal.SIGINT) -> None:
+    """Ask a process to end with `sig`; kill it if it has not within `timeout` seconds."""
     if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:

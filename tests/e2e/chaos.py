@@ -56,7 +56,7 @@ from pathlib import Path
 
 from tests.e2e.ops_helpers import process_alive
 from tests.e2e.upgrade_helpers import UpgradeServer
-from tests.helpers import FFMPEG, ROOT, wait_for
+from tests.helpers import FFMPEG, ROOT, stop_proc, wait_for
 
 FPS = 25
 FRAME_MS = 1000 // FPS                  # the publisher's video timestamps step by exactly this
@@ -187,12 +187,7 @@ class ClientProc:
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.cpu_s = cpu_seconds(self.proc.pid)
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+            stop_proc(self.proc, sig=signal.SIGTERM)
         self._thread.join(5)
         self._err.close()
 
@@ -261,12 +256,7 @@ class Publisher:
         self.stopping = True
         self._thread.join(2)
         if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+            stop_proc(self.proc, sig=signal.SIGTERM)
 
 
 @dataclass

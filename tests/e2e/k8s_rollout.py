@@ -39,7 +39,7 @@ from nonstop.config import load_text
 from tests.e2e.k8s_manifests import CONFIG_PATH, PodSpec
 from tests.e2e.ops_helpers import http_status
 from tests.e2e.test_cluster_harness import Net
-from tests.helpers import ROOT, port_open, wait_for
+from tests.helpers import ROOT, port_open, stop_proc, wait_for
 
 # Endpoint propagation (kube-proxy, cloud load balancers) takes about a second or two after a pod is deleted;
 # the edge's grace_start_wait (5 s) covers it. The simulation removes the endpoint this long after the deletion.
@@ -246,12 +246,7 @@ class Service:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+            stop_proc(self.proc, sig=signal.SIGTERM)
 
 
 class Kubelet:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import textwrap
 
@@ -45,12 +46,7 @@ def start_nginx(tmp_path, applications: str):
 
 
 def stop_nginx(proc) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
+    stop_proc(proc, 10, signal.SIGTERM)
 
 
 @pytest.fixture(scope="module")
