@@ -54,6 +54,19 @@ PROBE_DELAY_FLOOR_S = 2.0
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 
 
+# A probe that races a terminating pod's exit (its listeners close a moment before the process ends).
+EXIT_RACE_S = 1.0
+
+
+def _exits_within(pod, seconds: float) -> bool:
+    """Whether the pod's process ends within `seconds` (it is exiting)."""
+    try:
+        pod.proc.wait(seconds)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
+
+
 def _free_port(ip: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((ip, 0))
@@ -305,6 +318,11 @@ class Kubelet:
             status = http_status(url, timeout)
             if status == 200:
                 failures = 0
+            elif pod.deleted_at is not None and _exits_within(pod, EXIT_RACE_S):
+                # A terminating pod that closed its ports as it exited: the kubelet stops probing a container
+                # that ended, and restarts none; not a liveness failure.
+                self.note(f"{pod.name} liveness probe unanswered as it exited ({status})")
+                break
             else:
                 failures += 1
                 pod.liveness_failures += 1
